@@ -1,0 +1,5 @@
+"""The model zoo: `create(name, num_classes=..., in_channels=..., **kw)` and `list_models()`."""
+
+from prunekit.models.registry import create, default_input_shape, list_models, model_entry, register_model
+
+__all__ = ["create", "default_input_shape", "list_models", "model_entry", "register_model"]

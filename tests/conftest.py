@@ -1,0 +1,24 @@
+"""Shared fixtures. Real MNIST/Fashion-MNIST live in ../shared/data beside the checkout (CI has it too)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Root holding `mnist/` and `fashion-mnist/` IDX gz files (byte-exact official copies)."""
+    if not (SHARED_DATA / "mnist").is_dir():
+        pytest.fail(f"real MNIST expected at {SHARED_DATA} (../shared/data beside the checkout)")
+    return SHARED_DATA
+
+
+@pytest.fixture(autouse=True)
+def _deterministic() -> None:
+    torch.manual_seed(0)
