@@ -10,6 +10,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# Test models are tiny: extra intra-op threads only add contention (CI has 2 cores, DDP tests run 2 ranks).
+torch.set_num_threads(1)
+
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:

@@ -1,0 +1,188 @@
+"""The device-resident loader: the whole uint8 split lives on the device, batches are built there."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from prunekit.data.augment import crop_flip, draw_crop_flip, normalization_constants, normalize
+from prunekit.data.catalog import load_dataset, standard_augmentation
+from prunekit.data.dataset import ImageTensorDataset
+from prunekit.errors import ConfigError
+
+
+def shard_order(
+    num_items: int, *, shuffle: bool, seed: int, epoch: int, rank: int, world_size: int, drop_last: bool
+) -> torch.Tensor:
+    """This rank's sample indices for one epoch, exactly as torch's DistributedSampler lays them out.
+
+    Every rank draws the same permutation (generator seeded with seed + epoch) and takes every
+    `world_size`-th index from `rank`; shards have equal sizes, by dropping the tail (drop_last) or by
+    wrapping around to the start of the permutation.
+    """
+    if shuffle:
+        order = torch.randperm(num_items, generator=torch.Generator().manual_seed(seed + epoch))
+    else:
+        order = torch.arange(num_items)
+    if world_size == 1:
+        return order
+    if drop_last:
+        order = order[: num_items // world_size * world_size]
+    else:
+        padding = math.ceil(num_items / world_size) * world_size - num_items
+        order = torch.cat([order, order.repeat(math.ceil(padding / max(num_items, 1)))[:padding]])
+    return order[rank::world_size]
+
+
+def augmentation_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
+    # Mixed through SeedSequence so (seed, epoch, rank) triples never collide the way seed + epoch would.
+    state = np.random.SeedSequence([seed, epoch, rank]).generate_state(2, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+
+
+class DeviceLoader:
+    """Yields (x float32 NCHW, y int64) on `device`; call `set_epoch(e)` before each epoch.
+
+    Same seed + epoch gives identical batches on every run and device. Augmentation (train only) is a
+    random crop of the zero-padded image and a horizontal flip, drawn per image; then (x/255 - mean)/std,
+    or x/255 when `normalize` is False.
+    """
+
+    def __init__(
+        self,
+        dataset: ImageTensorDataset,
+        batch_size: int,
+        *,
+        train: bool,
+        device: torch.device | str = "cpu",
+        shuffle: bool | None = None,
+        crop_padding: int = 0,
+        flip: bool = False,
+        normalize: bool = True,
+        drop_last: bool = False,
+        seed: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        if crop_padding < 0:
+            raise ConfigError(f"crop_padding must be >= 0, got {crop_padding}")
+        if not train and (crop_padding or flip):
+            raise ConfigError("evaluation loaders do not augment: pass train=True to use crop_padding/flip")
+        if len(dataset) == 0:
+            raise ConfigError(f"dataset {dataset.name!r} is empty")
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.train = train
+        self.device = torch.device(device)
+        self.shuffle = train if shuffle is None else shuffle
+        self.crop_padding = crop_padding
+        self.flip = flip
+        self.drop_last = drop_last
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.images = dataset.images.to(self.device)
+        self.labels = dataset.labels.to(self.device)
+        mean, std = (
+            (dataset.mean, dataset.std)
+            if normalize
+            else ((0.0,) * dataset.shape[0], (1.0,) * dataset.shape[0])
+        )
+        self._scale, self._shift = normalization_constants(mean, std, self.device)
+        self.num_samples = len(self._order())
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def _order(self) -> torch.Tensor:
+        return shard_order(
+            len(self.dataset),
+            shuffle=self.shuffle,
+            seed=self.seed,
+            epoch=self.epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            drop_last=self.drop_last,
+        )
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._order().to(self.device)
+        augment = self.train and (self.crop_padding > 0 or self.flip)
+        generator = augmentation_generator(self.seed, self.epoch, self.rank) if augment else None
+        for start in range(0, len(self) * self.batch_size, self.batch_size):
+            index = order[start : start + self.batch_size]
+            x = self.images.index_select(0, index)
+            if generator is not None:
+                params = draw_crop_flip(len(index), self.crop_padding, self.flip, generator, self.device)
+                x = crop_flip(x, self.crop_padding, params)
+            yield normalize(x, self._scale, self._shift), self.labels.index_select(0, index)
+
+
+def build_loaders(
+    name: str,
+    batch_size: int,
+    *,
+    device: torch.device | str = "cpu",
+    root: str | Path | None = None,
+    download: bool = True,
+    seed: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    eval_batch_size: int | None = None,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    **dataset_kw: Any,
+) -> tuple[DeviceLoader, DeviceLoader, ImageTensorDataset]:
+    """(train loader with the dataset's standard augmentation, test loader, train split).
+
+    `limit_*` keep the first n samples (the official files are already in random order). For
+    `synthetic`, `seed` also seeds the generated data.
+    """
+    if name == "synthetic":
+        dataset_kw.setdefault("seed", seed)
+    train_set = load_dataset(name, "train", root=root, download=download, **dataset_kw)
+    test_set = load_dataset(name, "test", root=root, download=download, **dataset_kw)
+    for limit, label in ((limit_train, "limit_train"), (limit_test, "limit_test")):
+        if limit is not None and limit < 1:
+            raise ConfigError(f"{label} must be >= 1, got {limit}")
+    if limit_train is not None:
+        train_set = train_set.subset(slice(0, limit_train))
+    if limit_test is not None:
+        test_set = test_set.subset(slice(0, limit_test))
+    aug = standard_augmentation(name)
+    train = DeviceLoader(
+        train_set,
+        batch_size,
+        train=True,
+        device=device,
+        crop_padding=aug.crop_padding,
+        flip=aug.flip,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+    )
+    test = DeviceLoader(
+        test_set,
+        eval_batch_size or batch_size,
+        train=False,
+        device=device,
+        seed=seed,
+        rank=rank,
+        world_size=world_size,
+    )
+    return train, test, train_set

@@ -1,0 +1,40 @@
+"""Measurements of a model: parameters and MACs under one stated convention, the papers' counters,
+deployed-form latency and sparsity."""
+
+from prunekit.measure.conventions import (
+    COUNTERS,
+    Counter,
+    counter,
+    flops_2x,
+    hrank_flops,
+    hrank_params,
+    thop_flops,
+    thop_params,
+)
+from prunekit.measure.cost import CONVENTION, Cost, LayerCost, cost
+from prunekit.measure.deploy import deploy, fold_batchnorm
+from prunekit.measure.latency import LatencyResult, compare_latency, latency
+from prunekit.measure.sparsity import LayerSparsity, SparsityReport, sparsity_report
+
+__all__ = [
+    "CONVENTION",
+    "COUNTERS",
+    "Cost",
+    "Counter",
+    "LatencyResult",
+    "LayerCost",
+    "LayerSparsity",
+    "SparsityReport",
+    "compare_latency",
+    "cost",
+    "counter",
+    "deploy",
+    "fold_batchnorm",
+    "flops_2x",
+    "hrank_flops",
+    "hrank_params",
+    "latency",
+    "sparsity_report",
+    "thop_flops",
+    "thop_params",
+]

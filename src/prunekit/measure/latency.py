@@ -1,0 +1,156 @@
+"""Measured inference latency of the deployment form, with the noise of a shared machine kept visible.
+
+Models are timed round by round (A B C A B C ...) so that drift and neighbours' load hit all of them
+alike; the result is the median of all samples with its interquartile range.
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.measure.deploy import DeployMode, deploy
+
+_MODE_WORDS = {
+    "freeze": "BN folded + torch.jit.freeze",
+    "compile": "BN folded + torch.compile",
+    "eager": "BN folded, eager",
+    "raw": "as given, eager",
+}
+
+
+@dataclass(frozen=True)
+class LatencyResult:
+    median_ms: float  # per forward of one batch
+    spread_ms: float  # interquartile range (p75 - p25) of the samples
+    per_image_ms: float
+    samples: tuple[float, ...]  # ms per timed forward, in the order measured
+    batch_size: int
+    threads: int
+    mode: str  # a deploy mode, or "raw" for the model as given (deployed=False)
+    device: str
+
+    def __str__(self) -> str:
+        thread_word = "thread" if self.threads == 1 else "threads"
+        return (
+            f"{self.median_ms:.3f} ms median (IQR {self.spread_ms:.3f} ms, {self.per_image_ms:.3f} ms/image, "
+            f"{len(self.samples)} samples) at batch {self.batch_size}, {self.threads} {thread_word}, "
+            f"{self.device}, {_MODE_WORDS[self.mode]}"
+        )
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def _summarise(samples: list[float], batch_size: int, threads: int, mode: str, device: str) -> LatencyResult:
+    ordered = sorted(samples)
+    median = statistics.median(ordered)
+    return LatencyResult(
+        median_ms=median,
+        spread_ms=_quantile(ordered, 0.75) - _quantile(ordered, 0.25),
+        per_image_ms=median / batch_size,
+        samples=tuple(samples),
+        batch_size=batch_size,
+        threads=threads,
+        mode=mode,
+        device=device,
+    )
+
+
+def compare_latency(
+    models: dict[str, nn.Module],
+    input_shape: Sequence[int],
+    *,
+    batch_size: int = 1,
+    threads: int = 1,
+    deployed: bool = True,
+    mode: DeployMode = "freeze",
+    warmup: int = 10,
+    repeats: int = 50,
+    rounds: int = 5,
+    device: str | torch.device = "cpu",
+) -> dict[str, LatencyResult]:
+    """Latency of each model on a `(batch_size, *input_shape)` input, interleaved over `rounds` rounds
+    of `repeats // rounds` timed forwards each (at least one), after `warmup` untimed forwards each.
+
+    `deployed=False` times the model as given (eval mode, BN not folded). The models themselves are not
+    modified. The torch CPU thread count is set to `threads` for the measurement and restored after.
+    """
+    if batch_size < 1 or threads < 1 or repeats < 1 or rounds < 1 or warmup < 0:
+        raise ConfigError(
+            f"latency needs batch_size, threads, repeats, rounds >= 1 and warmup >= 0; got "
+            f"batch_size={batch_size}, threads={threads}, repeats={repeats}, rounds={rounds}, warmup={warmup}"
+        )
+    device = torch.device(device)
+    per_round = max(1, repeats // rounds)
+    x = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with torch.no_grad():
+            runners: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {}
+            for name, model in models.items():
+                if deployed:
+                    runners[name] = deploy(model, x, mode)
+                else:
+                    runners[name] = copy.deepcopy(model).eval().to(device)
+                for _ in range(warmup):
+                    runners[name](x)
+            samples: dict[str, list[float]] = {name: [] for name in runners}
+            for _ in range(rounds):
+                for name, run in runners.items():
+                    run(x)  # the previous model evicted this one's weights from cache
+                    for _ in range(per_round):
+                        sync()
+                        start = time.perf_counter()
+                        run(x)
+                        sync()
+                        samples[name].append((time.perf_counter() - start) * 1e3)
+    finally:
+        torch.set_num_threads(previous_threads)
+    shown_mode = mode if deployed else "raw"
+    return {name: _summarise(s, batch_size, threads, shown_mode, str(device)) for name, s in samples.items()}
+
+
+def latency(
+    model: nn.Module,
+    input_shape: Sequence[int],
+    *,
+    batch_size: int = 1,
+    threads: int = 1,
+    deployed: bool = True,
+    mode: DeployMode = "freeze",
+    warmup: int = 10,
+    repeats: int = 50,
+    rounds: int = 5,
+    device: str | torch.device = "cpu",
+) -> LatencyResult:
+    """Latency of one model; see `compare_latency` for the protocol."""
+    return compare_latency(
+        {"model": model},
+        input_shape,
+        batch_size=batch_size,
+        threads=threads,
+        deployed=deployed,
+        mode=mode,
+        warmup=warmup,
+        repeats=repeats,
+        rounds=rounds,
+        device=device,
+    )["model"]

@@ -1,0 +1,248 @@
+"""DeepHoyer (Yang, Wen, Li, ICLR 2020): a sparsity regulariser, then one threshold, then masked fine-tuning.
+
+Sparsify: loss += decay · Σ_tensors R(W) with R from `methods.regularizers` (one term per tensor, summed,
+no per-layer weights). The tensors are the conv and linear weights, plus their biases for the element-wise
+regularisers as in the MNIST release (``include_biases``); the group regularisers act on weights only.
+
+Prune: zero every element with ``|w| < t`` (strict), either a fixed ``t = sensitivity`` or, per tensor,
+``t = sensitivity · std(w)`` with the population std over all its elements (the MNIST ``prun_tune_V``).
+The same tensors as the regulariser are pruned. Element-wise, the result is a `MaskSet` to fine-tune
+under `surgery.masks.attach`. With ``structural=True`` every output channel whose filter (row) fell
+entirely to zero, or whose every consumer's input channel (column) did, is removed physically through
+`surgery.apply`: the release only zeroes elements and reads structure off afterwards, but a dead channel
+computes nothing the network uses, so removing it changes no output (this is checked on the calibration
+batch). The zeros that remain stay as masks.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.errors import ConfigError, SurgeryError, unknown_name
+from prunekit.methods import regularizers
+from prunekit.methods.base import Calib, Method, Plan, example_input, register_method
+from prunekit.surgery.channels import apply
+from prunekit.surgery.graph import ChannelGraph
+from prunekit.surgery.masks import MaskSet, fold
+
+THRESHOLD_RULES = ("fixed", "std")
+_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@dataclass
+class DeepHoyerOptions:
+    """`decay` multiplies the summed regulariser. `include_biases=None` follows the release: biases are
+    regularised and pruned with the element-wise regularisers (MNIST), never with the group ones."""
+
+    regularizer: str = "hoyer_square"
+    decay: float = 1e-4
+    tl1_a: float = 1.0  # the `a` of transformed L1; the release fixes it at 1
+    include_biases: bool | None = None
+    threshold: str = "std"  # "fixed": |w| < sensitivity; "std": |w| < sensitivity · std(w) per tensor
+    sensitivity: float = 0.25  # the release's defaults: 0.25 (std, MNIST), 1e-3 (fixed, MNIST)
+    structural: bool = False  # remove dead filters/channels physically after thresholding
+    reproduce_grouping_bug: bool = False  # the release's dims-0/1 "fibre" groups (see regularizers)
+
+    def __post_init__(self) -> None:
+        if self.regularizer not in regularizers.REGULARIZERS:
+            raise unknown_name("regularizer", self.regularizer, regularizers.REGULARIZERS)
+        if self.threshold not in THRESHOLD_RULES:
+            raise unknown_name("threshold rule", self.threshold, THRESHOLD_RULES)
+        if not self.decay >= 0:
+            raise ConfigError(f"deephoyer decay must be >= 0, got {self.decay:g}")
+        if not self.sensitivity >= 0:
+            raise ConfigError(f"deephoyer sensitivity must be >= 0, got {self.sensitivity:g}")
+        if not self.tl1_a > 0:
+            raise ConfigError(f"deephoyer tl1_a must be > 0, got {self.tl1_a:g}")
+        if self.include_biases and self.grouped:
+            raise ConfigError(
+                f"regularizer {self.regularizer!r} acts on filter/channel groups of weight tensors; biases "
+                "have no such groups: set include_biases to false (or leave it unset)"
+            )
+
+    @property
+    def grouped(self) -> bool:
+        return self.regularizer in regularizers.GROUPED
+
+    @property
+    def biases(self) -> bool:
+        return not self.grouped if self.include_biases is None else self.include_biases
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """The pruned model (a copy), the masks to fine-tune it under, the per-tensor thresholds used, and the
+    channel plan that was removed physically (empty unless structural)."""
+
+    model: nn.Module
+    masks: MaskSet
+    thresholds: dict[str, float]
+    plan: Plan
+
+
+@register_method
+class DeepHoyer(Method):
+    name = "deephoyer"
+    Options: ClassVar[type] = DeepHoyerOptions
+    options: DeepHoyerOptions
+
+    def tensors(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        """The parameters regularised and pruned: conv/linear weights, and biases when `options.biases`."""
+        chosen: dict[str, nn.Parameter] = {}
+        for prefix, module in model.named_modules():
+            if not isinstance(module, _LAYERS):
+                continue
+            for attr in ("weight", "bias") if self.options.biases else ("weight",):
+                param = getattr(module, attr)
+                if param is not None:
+                    chosen[f"{prefix}.{attr}" if prefix else attr] = param
+        if not chosen:
+            raise ConfigError("deephoyer found no conv or linear layer to regularise")
+        return chosen
+
+    def penalty(self, model: nn.Module) -> Tensor | None:
+        opts = self.options
+        if opts.decay == 0:
+            return None
+        reg = regularizers.total(
+            self.tensors(model).values(), opts.regularizer, a=opts.tl1_a, fibre=opts.reproduce_grouping_bug
+        )
+        return opts.decay * reg
+
+    def thresholds(self, model: nn.Module) -> dict[str, float]:
+        """Per pruned tensor, the t of ``|w| < t``."""
+        opts = self.options
+        if opts.threshold == "fixed":
+            return dict.fromkeys(self.tensors(model), opts.sensitivity)
+        tensors = self.tensors(model)
+        # One device→host transfer for all tensors instead of one per tensor.
+        stds = torch.stack([w.detach().float().std(correction=0) for w in tensors.values()])
+        return dict(zip(tensors, (opts.sensitivity * stds).tolist(), strict=True))
+
+    def masks(self, model: nn.Module, thresholds: Mapping[str, float] | None = None) -> MaskSet:
+        """Element-wise keep masks; refuses a threshold that prunes every weight of a layer."""
+        thresholds = dict(self.thresholds(model) if thresholds is None else thresholds)
+        masks = MaskSet.from_threshold(model, thresholds)
+        named = dict(model.named_parameters())
+        # An all-zero bias disconnects nothing; an all-zero weight matrix does.
+        emptied = [name for name, mask in masks.items() if named[name].dim() >= 2 and not mask.any()]
+        if emptied:
+            name = emptied[0]
+            largest = float(named[name].detach().abs().max())
+            raise ConfigError(
+                f"the {self.options.threshold} threshold {thresholds[name]:.4g} (sensitivity "
+                f"{self.options.sensitivity:g}) prunes every weight of layer {name.rsplit('.', 1)[0]!r} "
+                f"(largest |w| = {largest:.4g}), which disconnects the network; lower the sensitivity"
+            )
+        return masks
+
+    def plan(self, model: nn.Module, calib: Calib | None) -> Plan:
+        """The dead channels the structural mode removes, indexed in the thresholded model (`prune` applies
+        them to it; on the unthresholded `model` they are only near-zero). Empty element-wise."""
+        return self.prune(model, calib).plan
+
+    def prune(self, model: nn.Module, calib: Calib | None = None) -> PruneResult:
+        """Threshold a copy of `model`; with `options.structural`, also remove its dead channels (needs
+        `calib`, whose first samples trace the model and check the removal changed no output)."""
+        thresholds = self.thresholds(model)
+        masks = self.masks(model, thresholds)
+        masked = fold(copy.deepcopy(model), masks)
+        if not self.options.structural:
+            return PruneResult(masked, masks, thresholds, {})
+        example = example_input(calib, self.name)
+        plan = zero_channel_plan(masked, example)
+        if not plan:
+            return PruneResult(masked, masks, thresholds, {})
+        smaller = apply(masked, plan, example)
+        _check_same_outputs(masked, smaller, calib[:16] if calib is not None else example, plan)
+        # Surgery keeps parameter names, so the masks of the smaller model are its surviving zeros.
+        return PruneResult(smaller, MaskSet.from_zeros(smaller, params=list(masks)), thresholds, plan)
+
+
+def zero_channel_plan(model: nn.Module, example: Tensor) -> Plan:
+    """``{layer: kept output channels}`` for the prunable layers with dead channels; layers without
+    any are left out.
+
+    A channel is dead when its output is exactly zero — its filter weights and bias are zero in every
+    coupled layer (a following BatchNorm must also have γ = β = 0), so activations that map 0 to 0 (ReLU,
+    pooling) pass zero on — or when its output is never used: every input channel (column) it feeds in
+    the consumers is zero.
+    """
+    graph = ChannelGraph(model, example)
+    groups: dict[tuple[str, ...], int] = {}
+    for layer in graph.prunable_layers():
+        groups.setdefault(layer.group, layer.out_channels)
+    plan: Plan = {}
+    for members, width in groups.items():
+        dead = _zero_output(graph, members, width) | _unused_output(graph, members[0], width)
+        if bool(dead.all()):
+            raise ConfigError(
+                f"all {width} output channels of layer {members[0]!r} are zero or unused after pruning; "
+                "the network would be disconnected: lower the sensitivity"
+            )
+        if bool(dead.any()):
+            plan.update(dict.fromkeys(members, (~dead).nonzero().flatten().tolist()))
+    return plan
+
+
+def _zero_output(graph: ChannelGraph, members: tuple[str, ...], width: int) -> Tensor:
+    dead = torch.ones(width, dtype=torch.bool)
+    for name in members:
+        module = graph.modules[name]
+        dead &= (module.weight.detach().flatten(1) == 0).all(1).cpu()
+        if module.bias is not None:
+            dead &= (module.bias.detach() == 0).cpu()
+    # BN(0) = β − γ·μ/σ is a constant, not zero, unless γ = β = 0; BNs in the coupling group share indices.
+    for dep, _ in graph.group(members[0], range(width)):
+        bn = dep.target.module
+        if isinstance(bn, _BATCHNORMS) and bn.num_features == width:
+            if bn.weight is None or bn.bias is None:
+                return torch.zeros(width, dtype=torch.bool)
+            dead &= ((bn.weight.detach() == 0) & (bn.bias.detach() == 0)).cpu()
+    return dead
+
+
+def _unused_output(graph: ChannelGraph, name: str, width: int) -> Tensor:
+    consumers = graph.full_effect(name).in_removed
+    if not consumers:
+        return torch.zeros(width, dtype=torch.bool)
+    unused = torch.ones(width, dtype=torch.bool)
+    for consumer, indices in consumers.items():
+        module = graph.modules[consumer]
+        if len(indices) % width or (isinstance(module, nn.Conv2d) and module.groups != 1):
+            # An index mapping we cannot read as `width` equal blocks (or grouped-conv inputs): keep all.
+            return torch.zeros(width, dtype=torch.bool)
+        weight = module.weight.detach()
+        zero_inputs = (weight.transpose(0, 1).flatten(1) == 0).all(1).cpu()
+        # Channel c feeds a contiguous block of inputs: itself for a conv, c·h·w … (c+1)·h·w − 1 after a
+        # flatten (channel-major), shifted by an offset after a concatenation; sorted, the blocks line up.
+        blocks = torch.tensor(sorted(indices)).reshape(width, -1)
+        unused &= zero_inputs[blocks].all(1)
+    return unused
+
+
+def _check_same_outputs(masked: nn.Module, smaller: nn.Module, inputs: Tensor, plan: Plan) -> None:
+    modes = {m: m.training for m in (*masked.modules(), *smaller.modules())}
+    masked.eval()
+    smaller.eval()
+    try:
+        with torch.no_grad():
+            expected, got = masked(inputs), smaller(inputs)
+    finally:
+        for m, training in modes.items():
+            m.training = training
+    scale = float(expected.abs().max()) or 1.0
+    if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * scale):
+        gap = float((got - expected).abs().max())
+        raise SurgeryError(
+            f"removing the dead channels of {', '.join(sorted(plan))} changed the model's outputs (max "
+            f"difference {gap:.3g}); an activation that does not map 0 to 0 probably follows one of them, "
+            "so prune element-wise (structural=false) instead"
+        )

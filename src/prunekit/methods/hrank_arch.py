@@ -1,0 +1,294 @@
+"""What HRank's per-architecture conventions mean for the zoo's models (specs/hrank.md §1.2, §2).
+
+For each architecture of the HRank release this module states, as data built from the model's own
+module names:
+
+- the **taps**: which module's forward output is ranked for each conv, and which channel slice of it
+  belongs to that conv (e.g. a GoogLeNet inception output split by branch widths);
+- the **entries**: what entry k of a ``compress_rate`` list prunes, in HRank's "mask order" (the
+  parameter order `mask.py` walks) and in the order its FLOPs script reads them, which differs for
+  ResNet-50 and GoogLeNet (bugs of the release, kept so the published counts reproduce);
+- the **presets**: every published configuration, by name.
+
+Any other model falls back to one entry per conv, ranked after the ReLU that follows it.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from torch import nn
+
+from prunekit.errors import ConfigError, unknown_name
+from prunekit.methods.selection import parse_selection
+from prunekit.models.densenet import DenseNet
+from prunekit.models.googlenet import GoogLeNet
+from prunekit.models.resnet_cifar import CifarResNet
+from prunekit.models.resnet_imagenet import ImageNetResNet
+from prunekit.models.vgg import VGG16BN
+
+#: Which order reads a compress_rate: HRank's masks (the real pruning) or its FLOPs script.
+EntryOrder = Literal["mask", "flops_script"]
+
+
+@dataclass(frozen=True)
+class Tap:
+    """Conv `conv` is ranked on channels ``[start:stop]`` of the forward output of module `module`."""
+
+    conv: str
+    module: str
+    start: int = 0
+    stop: int | None = None
+
+
+@dataclass(frozen=True)
+class ArchLayout:
+    """HRank's conventions for one model. `entries[k]` are the convs entry k of a compress_rate prunes
+    (mask order); `flops_entries` the same as HRank's FLOPs script reads the list. `legacy_inputs[c]` are
+    the convs whose pruned filters HRank's counter subtracts from conv c's input width (DenseNet
+    transitions only: the counter never reduces any other input)."""
+
+    arch: str
+    entries: tuple[tuple[str, ...], ...]
+    taps: tuple[Tap, ...]
+    flops_entries: tuple[tuple[str, ...], ...] | None = None
+    legacy_inputs: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    fallback: bool = False
+
+    def entries_for(self, mapping: EntryOrder = "mask") -> tuple[tuple[str, ...], ...]:
+        if mapping not in ("mask", "flops_script"):
+            raise unknown_name("compress_rate mapping", mapping, ["mask", "flops_script"])
+        return self.flops_entries if mapping == "flops_script" and self.flops_entries else self.entries
+
+    def describe(self, mapping: EntryOrder = "mask", head: int = 4, tail: int = 2) -> str:
+        """'entry 0 -> conv1; entry 1 -> layer1.0.conv1; ...' for error messages (first and last few)."""
+        entries = self.entries_for(mapping)
+        shown = [(k, entries[k]) for k in range(min(head, len(entries)))]
+        last = [(k, entries[k]) for k in range(max(head, len(entries) - tail), len(entries))]
+        parts = [f"entry {k} -> {', '.join(convs) or '(not pruned)'}" for k, convs in shown]
+        if last and last[0][0] > head:
+            parts.append("...")
+        parts += [f"entry {k} -> {', '.join(convs) or '(not pruned)'}" for k, convs in last]
+        return "; ".join(parts)
+
+
+# ---------------------------------------------------------------- per-architecture layouts
+
+
+def _cifar_resnet(model: CifarResNet, arch: str) -> ArchLayout:
+    entries: list[tuple[str, ...]] = [("conv1",)]
+    taps = [Tap("conv1", "relu")]
+    for stage in ("layer1", "layer2", "layer3"):
+        for b in range(len(getattr(model, stage))):
+            block = f"{stage}.{b}"
+            # relu2 follows the residual add: conv2 is ranked on the block's output channels.
+            entries += [(f"{block}.conv1",), (f"{block}.conv2",)]
+            taps += [Tap(f"{block}.conv1", f"{block}.relu1"), Tap(f"{block}.conv2", f"{block}.relu2")]
+    return ArchLayout(arch, tuple(entries), tuple(taps))
+
+
+def _vgg16(model: VGG16BN, arch: str) -> ArchLayout:
+    features = list(model.features)
+    convs = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
+    entries: list[tuple[str, ...]] = []
+    taps: list[Tap] = []
+    for i in convs[:-1]:
+        relu = i + 2  # conv, BN, ReLU
+        # A conv followed by a max-pool is ranked on the pooled map (HRank's relucfg 6, 13, 23, 33).
+        pooled = relu + 1 < len(features) and isinstance(features[relu + 1], nn.MaxPool2d)
+        entries.append((f"features.{i}",))
+        taps.append(Tap(f"features.{i}", f"features.{relu + 1 if pooled else relu}"))
+    # The 13th entry is read but never used: HRank has no rank file for conv13 and never prunes it.
+    entries.append(())
+    return ArchLayout(arch, tuple(entries), tuple(taps))
+
+
+def _densenet(model: DenseNet, arch: str) -> ArchLayout:
+    blocks = [("dense1", "trans1"), ("dense2", "trans2"), ("dense3", None)]
+    entries: list[tuple[str, ...]] = [("conv1",)]
+    taps: list[Tap] = []
+    legacy_inputs: dict[str, tuple[str, ...]] = {}
+    producer, whole = "conv1", True  # the stem's (or a transition's) output is the consumer's whole input
+    for dense, trans in blocks:
+        block_convs = [producer]
+        for i in range(len(getattr(model, dense))):
+            # A conv is ranked after its consumer's BN-ReLU: all channels for a stem/transition output,
+            # the last `growth` channels (its own, appended by the concat) for a dense layer's output.
+            consumer = f"{dense}.{i}.relu"
+            taps.append(Tap(producer, consumer, 0 if whole else -model.dense1[0].conv1.out_channels))
+            producer, whole = f"{dense}.{i}.conv1", False
+            entries.append((producer,))
+            block_convs.append(producer)
+        consumer = f"{trans}.relu" if trans else "relu"
+        taps.append(Tap(producer, consumer, -model.dense1[0].conv1.out_channels))
+        if trans:
+            producer, whole = f"{trans}.conv1", True
+            entries.append((producer,))
+            legacy_inputs[producer] = tuple(block_convs)
+    return ArchLayout(arch, tuple(entries), tuple(taps), legacy_inputs=legacy_inputs)
+
+
+_GOOGLENET_MODULES = ("a3", "b3", "a4", "b4", "c4", "d4", "e4", "a5", "b5")
+# b3 and e4 are ranked on the max-pooled module output.
+_GOOGLENET_POOLED = {"b3": "maxpool1", "e4": "maxpool2"}
+
+
+def _googlenet(model: GoogLeNet, arch: str) -> ArchLayout:
+    entries: list[tuple[str, ...]] = [("pre_layers.0",)]
+    taps = [Tap("pre_layers.0", "pre_layers.2")]
+    for name in _GOOGLENET_MODULES:
+        module = getattr(model, name)
+        widths = [
+            module.branch1x1[0].out_channels,
+            module.branch3x3[3].out_channels,
+            module.branch5x5[6].out_channels,
+            module.branch_pool[1].out_channels,
+        ]
+        bounds = [sum(widths[:i]) for i in range(5)]
+        tapped = _GOOGLENET_POOLED.get(name, name)
+        # The two 1x1 reductions are never pruned. Both 3x3 convs of the "5x5" branch use the rank of
+        # the branch output: HRank masks the middle conv with the last conv's rank vector.
+        convs = [
+            (f"{name}.branch1x1.0", 0),
+            (f"{name}.branch3x3.3", 1),
+            (f"{name}.branch5x5.3", 2),
+            (f"{name}.branch5x5.6", 2),
+            (f"{name}.branch_pool.1", 3),
+        ]
+        entries.append(tuple(conv for conv, _ in convs))
+        taps += [Tap(conv, tapped, bounds[b], bounds[b + 1]) for conv, b in convs]
+    flops = list(entries)
+    # HRank's GoogLeNet FLOPs model reads rate[6] for c4 (and d4); rate[5] is never read.
+    flops[5], flops[6] = (), entries[5] + entries[6]
+    return ArchLayout(arch, tuple(entries), tuple(taps), flops_entries=tuple(flops))
+
+
+def _imagenet_resnet(model: ImageNetResNet, arch: str) -> ArchLayout:
+    entries: list[tuple[str, ...]] = [("conv1",)]
+    flops: list[tuple[str, ...]] = [("conv1",)]
+    taps = [Tap("conv1", "maxpool")]  # the stem is ranked after BN-ReLU-maxpool (56x56)
+    for stage in ("layer1", "layer2", "layer3", "layer4"):
+        for b, block in enumerate(getattr(model, stage)):
+            name = f"{stage}.{b}"
+            convs = [f"{name}.conv{i}" for i in (1, 2, 3) if hasattr(block, f"conv{i}")]
+            last_relu = f"{name}.relu{len(convs)}"  # after the residual add
+            taps += [Tap(conv, f"{name}.relu{i + 1}") for i, conv in enumerate(convs)]
+            block_entries = [(conv,) for conv in convs]
+            if block.downsample is not None:
+                # The downsample conv shares the block output's rank vector with the last conv.
+                taps.append(Tap(f"{name}.downsample.0", last_relu))
+                entries += [*block_entries, (f"{name}.downsample.0",)]
+                # HRank's FLOPs model slices a stage's rates as [downsample, conv1, conv2, conv3, ...].
+                flops += [(f"{name}.downsample.0",), *block_entries]
+            else:
+                entries += block_entries
+                flops += block_entries
+    return ArchLayout(arch, tuple(entries), tuple(taps), flops_entries=tuple(flops))
+
+
+_FAMILIES = (
+    (CifarResNet, _cifar_resnet),
+    (VGG16BN, _vgg16),
+    (DenseNet, _densenet),
+    (GoogLeNet, _googlenet),
+    (ImageNetResNet, _imagenet_resnet),
+)
+
+
+def _fallback(model: nn.Module, arch: str) -> ArchLayout:
+    """One entry per Conv2d in registration order, ranked on the first ReLU registered after it."""
+    modules = list(model.named_modules())
+    entries: list[tuple[str, ...]] = []
+    taps: list[Tap] = []
+    unmatched: list[str] = []
+    for i, (name, module) in enumerate(modules):
+        if not isinstance(module, nn.Conv2d):
+            continue
+        entries.append((name,))
+        relu = None
+        for later, candidate in modules[i + 1 :]:
+            if isinstance(candidate, nn.Conv2d):
+                break
+            if isinstance(candidate, nn.ReLU):
+                relu = later
+                break
+        if relu is None:
+            unmatched.append(name)
+        taps.append(Tap(name, relu if relu is not None else name))
+    message = (
+        f"HRank has no tap points for {arch!r}; ranking each conv on the first ReLU module registered "
+        "after it (module order)"
+    )
+    if unmatched:
+        # Pre-ReLU maps are almost always full rank (HRank issue #13), so these scores are weak.
+        message += f"; no ReLU follows {', '.join(unmatched)}, which are ranked on their raw output"
+    warnings.warn(message, stacklevel=3)
+    return ArchLayout(arch, tuple(entries), tuple(taps), fallback=True)
+
+
+def layout_for(model: nn.Module) -> ArchLayout:
+    """HRank's layout for `model` (found by its class, so any depth of a family works)."""
+    arch = getattr(model, "prunekit_arch", {}).get("name", type(model).__name__)
+    for cls, build in _FAMILIES:
+        if isinstance(model, cls):
+            return build(model, arch)
+    return _fallback(model, arch)
+
+
+# ---------------------------------------------------------------- compress rates
+
+
+#: Every published configuration with a released compress_rate (specs/hrank.md §2.3). The key names the
+#: architecture and the paper's top-1 accuracy for that row.
+PRESETS: dict[str, str] = {
+    "vgg16_bn_hrank_93.43": "[0.7]*7+[0.1]*6",
+    "vgg16_bn_hrank_92.34": "[0.95]+[0.5]*6+[0.9]*4+[0.8]*2",
+    "resnet56_hrank_93.17": (
+        "[0.1]+[0.60]*35+[0.0]*2+[0.6]*6+[0.4]*3+[0.1]+[0.4]+[0.1]+[0.4]+[0.1]+[0.4]+[0.1]+[0.4]"
+    ),
+    "resnet110_hrank_94.23": "[0.1]+[0.40]*36+[0.40]*36+[0.4]*36",
+    "densenet40_hrank_94.24": ("[0.0]+[0.1]*6+[0.7]*6+[0.0]+[0.1]*6+[0.7]*6+[0.0]+[0.1]*6+[0.7]*5+[0.0]"),
+    "googlenet_hrank_94.53": "[0.10]+[0.7]+[0.5]+[0.8]*4+[0.5]+[0.6]*2",
+    "googlenet_hrank_94.07": "[0.10]+[0.8]*5+[0.85]+[0.8]*3",
+    "resnet50_hrank_71.98": "[0.2]+[0.8]*10+[0.8]*13+[0.55]*19+[0.45]*10",
+}
+
+
+def compress_rates(spec: str | Sequence[float], layout: ArchLayout) -> list[float]:
+    """The per-entry rates of a compress_rate list expression, a preset name, a single rate for every
+    entry, or a list of floats; refused unless it has exactly one rate per entry of `layout`."""
+    if isinstance(spec, str):
+        text = PRESETS.get(spec.strip(), spec)
+        selection = parse_selection(text)
+        if selection.uniform is not None:
+            return [selection.uniform] * len(layout.entries)
+        if selection.sequence is None:
+            raise ConfigError(
+                f"HRank's compress_rate is a list expression such as '[0.1]+[0.6]*35+[0.0]*2', a single "
+                f"rate, or a preset ({', '.join(sorted(PRESETS))}); got {spec!r}"
+            )
+        rates = list(selection.sequence)
+    else:
+        rates = [float(r) for r in spec]
+        bad = [r for r in rates if not 0.0 <= r < 1.0]
+        if bad:
+            raise ConfigError(f"compress rates must lie in [0, 1) (fraction of filters removed); got {bad}")
+    if len(rates) != len(layout.entries):
+        raise ConfigError(
+            f"compress_rate {spec if isinstance(spec, str) else rates!r} has {len(rates)} entries but "
+            f"{layout.arch} needs {len(layout.entries)}, one per entry in HRank's order: {layout.describe()}"
+        )
+    return rates
+
+
+def conv_rates(
+    layout: ArchLayout, spec: str | Sequence[float], mapping: EntryOrder = "mask"
+) -> dict[str, float]:
+    """Rate per conv that `spec` prunes (convs it does not reach are absent)."""
+    rates = compress_rates(spec, layout)
+    return {
+        conv: rate for convs, rate in zip(layout.entries_for(mapping), rates, strict=True) for conv in convs
+    }

@@ -1,0 +1,156 @@
+"""Network Slimming (Liu et al., ICCV 2017): an L1 penalty on BatchNorm scales, then one global threshold.
+
+Sparsify: loss += s·Σ|γ| over every BatchNorm layer (the paper's subgradient s·sign(γ) is this term's
+gradient). Plan: the channels with the smallest |γ| across all participating layers go first, so each
+layer's ratio is learned; unlike the original (which can empty a layer), every layer keeps at least
+`min_channels` and loses at most `max_layer_ratio` of its channels (Torch-Pruning #448). The original
+threshold is the element at index ⌊total·ratio⌋ with a strict ``>``, which removes one channel more
+than asked; we remove exactly ``int(ratio·total)``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.errors import ConfigError
+from prunekit.methods.base import (
+    Calib,
+    LayerGroup,
+    Method,
+    Plan,
+    example_input,
+    prunable_groups,
+    register_method,
+)
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
+
+
+@dataclass
+class SlimmingOptions:
+    ratio: float = 0.5  # fraction of all participating channels removed (a global count)
+    layers: str = "*"  # comma-separated globs of the layers whose BN takes part
+    penalty_weight: float = 1e-4  # s; the paper uses 1e-4 for VGG, 1e-5 for ResNet-164 / DenseNet-40
+    min_channels: int = 1
+    max_layer_ratio: float = 0.9
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.ratio < 1.0:
+            raise ConfigError(f"slimming ratio must be in [0, 1), got {self.ratio:g}")
+        if not 0.0 < self.max_layer_ratio < 1.0:
+            raise ConfigError(f"slimming max_layer_ratio must be in (0, 1), got {self.max_layer_ratio:g}")
+        if self.min_channels < 1:
+            raise ConfigError(f"slimming min_channels must be at least 1, got {self.min_channels}")
+        if self.penalty_weight < 0:
+            raise ConfigError(f"slimming penalty_weight must be >= 0, got {self.penalty_weight:g}")
+        self.patterns = [p.strip() for p in self.layers.split(",")]
+        if not all(self.patterns):
+            raise ConfigError(f"slimming layers {self.layers!r} has an empty pattern")
+
+
+@register_method
+class NetworkSlimming(Method):
+    name = "slimming"
+    Options = SlimmingOptions
+    options: SlimmingOptions
+
+    def penalty(self, model: nn.Module) -> Tensor | None:
+        gammas = [m.weight for m in model.modules() if isinstance(m, _BATCHNORMS) and m.weight is not None]
+        if not gammas:
+            raise ConfigError("network slimming needs BatchNorm layers with affine scales; found none")
+        return self.options.penalty_weight * torch.cat([g.reshape(-1) for g in gammas]).abs().sum()
+
+    def plan(self, model: nn.Module, calib: Calib | None) -> Plan:
+        example = example_input(calib, self.name)
+        groups = self._participating(prunable_groups(model, example))
+        bn_of = batchnorm_after(model, example)
+        gammas = [self._group_gamma(model, group, bn_of) for group in groups]
+        caps = [
+            max(0, min(group.out_channels - self.options.min_channels,
+                       int(self.options.max_layer_ratio * group.out_channels)))
+            for group in groups
+        ]  # fmt: skip
+        total = sum(group.out_channels for group in groups)
+        n_pruned = int(self.options.ratio * total)
+        if n_pruned > sum(caps):
+            opts = self.options
+            raise ConfigError(
+                f"slimming ratio {opts.ratio:g} asks to remove {n_pruned} of {total} channels, but with "
+                f"min_channels={opts.min_channels} and max_layer_ratio={opts.max_layer_ratio:g} at most "
+                f"{sum(caps)} can go (ratio {sum(caps) / total:.4f}); lower the ratio or relax the limits"
+            )
+        # Each layer can only lose its `cap` smallest channels, so the global choice is the n_pruned
+        # smallest among those candidates; a stable sort breaks ties by layer order, then index.
+        candidates = [torch.sort(g, stable=True).indices[:cap] for g, cap in zip(gammas, caps, strict=True)]
+        values = torch.cat([g[idx] for g, idx in zip(gammas, candidates, strict=True)])
+        owner = torch.cat([torch.full_like(idx, i) for i, idx in enumerate(candidates)])
+        channel = torch.cat(candidates)
+        chosen = torch.sort(values, stable=True).indices[:n_pruned]
+        plan: Plan = {}
+        for i, group in enumerate(groups):
+            keep = torch.ones(group.out_channels, dtype=torch.bool)
+            keep[channel[chosen][owner[chosen] == i]] = False
+            plan.update(dict.fromkeys(group.members, keep.nonzero().flatten().tolist()))
+        return plan
+
+    def _participating(self, groups: list[LayerGroup]) -> list[LayerGroup]:
+        names = [name for group in groups for name in group.members]
+        for pattern in self.options.patterns:
+            if not fnmatch.filter(names, pattern):
+                shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+                raise ConfigError(
+                    f"slimming layer pattern {pattern!r} matches no prunable layer; "
+                    f"prunable layers are named like: {shown}"
+                )
+        return [
+            group
+            for group in groups
+            if any(fnmatch.fnmatchcase(name, p) for name in group.members for p in self.options.patterns)
+        ]
+
+    def _group_gamma(self, model: nn.Module, group: LayerGroup, bn_of: dict[str, str]) -> Tensor:
+        """|γ| per channel, summed over the group's members (one kept set serves them all)."""
+        total = torch.zeros(group.out_channels, dtype=torch.float64)
+        for name in group.members:
+            if name not in bn_of:
+                raise ConfigError(
+                    f"network slimming needs a BatchNorm directly consuming the output of layer {name!r}; "
+                    "exclude the layer with the `layers` option"
+                )
+            total += model.get_submodule(bn_of[name]).weight.detach().double().abs()
+        return total
+
+
+def batchnorm_after(model: nn.Module, example: Tensor) -> dict[str, str]:
+    """{conv/linear name: name of the BatchNorm whose input is exactly that layer's output}, found by
+    running `example`, so it holds for any forward code (not only module registration order)."""
+    names = {module: name for name, module in model.named_modules()}
+    produced: dict[int, tuple[str, Tensor]] = {}  # the tensor is held so its id cannot be reused
+    found: dict[str, str] = {}
+
+    def on_layer(module: nn.Module, _inputs: Any, output: Tensor) -> None:
+        produced[id(output)] = (names[module], output)
+
+    def on_batchnorm(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+        entry = produced.get(id(inputs[0]))
+        if entry is not None and entry[1] is inputs[0]:
+            found.setdefault(entry[0], names[module])
+
+    handles = [
+        m.register_forward_hook(on_layer) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
+    ] + [m.register_forward_pre_hook(on_batchnorm) for m in model.modules() if isinstance(m, _BATCHNORMS)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        model.train(was_training)
+        for handle in handles:
+            handle.remove()
+    return found

@@ -1,0 +1,134 @@
+"""CIFAR ResNets (He et al. 2016, §4.2): depth 6n+2, BasicBlocks, widths 16/32/64 at strides 1/2/2.
+
+Option A (zero-padding shortcut, parameter-free) is the variant of HRank, TPP and GReg: ResNet-56 has
+125,485,696 conv+linear MACs and 848,954 conv+linear params. Option B (1×1 conv + BN projection on a
+shape change) is bearpaw's variant used by TRP and DeepHoyer: ResNet-20 has 40,812,544 conv MACs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from prunekit.errors import ConfigError
+from prunekit.models.layers import ZeroPadShortcut
+from prunekit.models.registry import register_model
+
+SHORTCUTS = ("A", "B")
+
+
+def _shortcut(in_planes: int, planes: int, stride: int, kind: str) -> nn.Module:
+    if stride == 1 and in_planes == planes:
+        return nn.Identity()
+    if kind == "A":
+        return ZeroPadShortcut(in_planes, planes, stride)
+    return nn.Sequential(
+        nn.Conv2d(in_planes, planes, kernel_size=1, stride=stride, bias=False),
+        nn.BatchNorm2d(planes),
+    )
+
+
+class BasicBlock(nn.Module):
+    expansion = 1
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1, shortcut: str = "A") -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = _shortcut(in_planes, planes, stride, shortcut)
+        self.relu2 = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        # relu2 sits after the addition: HRank ranks conv2 on this post-add output.
+        return self.relu2(out + self.shortcut(x))
+
+
+class CifarResNet(nn.Module):
+    def __init__(
+        self,
+        depth: int,
+        num_classes: int = 10,
+        in_channels: int = 3,
+        shortcut: str = "A",
+        widths: tuple[int, int, int] = (16, 32, 64),
+    ) -> None:
+        super().__init__()
+        if shortcut not in SHORTCUTS:
+            raise ConfigError(
+                f"unknown ResNet shortcut {shortcut!r}; valid shortcuts: 'A' (zero-padding, HRank/TPP) "
+                "or 'B' (1x1 conv + BN projection, TRP/DeepHoyer)"
+            )
+        if (depth - 2) % 6 != 0 or depth < 8:
+            raise ConfigError(f"CIFAR ResNet depth must be 6n+2 (20, 32, 44, 56, 110, ...); got {depth}")
+        n = (depth - 2) // 6
+        self.depth = depth
+        self.shortcut_type = shortcut
+        self.conv1 = nn.Conv2d(in_channels, widths[0], kernel_size=3, stride=1, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        self.relu = nn.ReLU(inplace=True)
+        in_planes = widths[0]
+        stages = []
+        for width, stride in zip(widths, (1, 2, 2), strict=True):
+            blocks = []
+            for i in range(n):
+                blocks.append(BasicBlock(in_planes, width, stride if i == 0 else 1, shortcut))
+                in_planes = width
+            stages.append(nn.Sequential(*blocks))
+        self.layer1, self.layer2, self.layer3 = stages
+        # Adaptive so that 28×28 MNIST inputs (7×7 final map) work as well as 32×32 CIFAR (8×8).
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(widths[2], num_classes)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        # akamaster's `_weights_init`: Kaiming-normal (fan_in) on every conv and linear weight.
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def _cifar_resnet(depth: int) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    return register_model(
+        f"resnet{depth}",
+        num_classes=10,
+        in_channels=3,
+        input_size=(32, 32),
+        description=f"CIFAR ResNet-{depth}, BasicBlock; shortcut 'A' (zero-pad, default) or 'B' (1x1 conv)",
+    )
+
+
+@_cifar_resnet(20)
+def resnet20(num_classes: int = 10, in_channels: int = 3, shortcut: str = "A") -> CifarResNet:
+    return CifarResNet(20, num_classes, in_channels, shortcut)
+
+
+@_cifar_resnet(32)
+def resnet32(num_classes: int = 10, in_channels: int = 3, shortcut: str = "A") -> CifarResNet:
+    return CifarResNet(32, num_classes, in_channels, shortcut)
+
+
+@_cifar_resnet(44)
+def resnet44(num_classes: int = 10, in_channels: int = 3, shortcut: str = "A") -> CifarResNet:
+    return CifarResNet(44, num_classes, in_channels, shortcut)
+
+
+@_cifar_resnet(56)
+def resnet56(num_classes: int = 10, in_channels: int = 3, shortcut: str = "A") -> CifarResNet:
+    return CifarResNet(56, num_classes, in_channels, shortcut)
+
+
+@_cifar_resnet(110)
+def resnet110(num_classes: int = 10, in_channels: int = 3, shortcut: str = "A") -> CifarResNet:
+    return CifarResNet(110, num_classes, in_channels, shortcut)

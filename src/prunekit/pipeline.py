@@ -1,0 +1,526 @@
+"""The runs behind the CLI and the one-call Python API.
+
+train: data → model → fit → run folder. prune: checkpoint → (sparsify) → plan → surgery → fine-tune →
+evaluate → run folder. Every stage writes the same run-folder layout so runs can be compared.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from prunekit import checkpoint
+from prunekit.data import build_loaders
+from prunekit.errors import ConfigError
+from prunekit.measure import CONVENTION, compare_latency, cost
+from prunekit.methods import Method, create_method, method_class
+from prunekit.models import create, default_input_shape
+from prunekit.report import RunFolder, comparison_markdown, plot_curves, plot_widths
+from prunekit.report.tables import ComparisonRow
+from prunekit.surgery import apply_with_report, attach
+from prunekit.train import TrainConfig, evaluate, fit
+from prunekit.train.distributed import DistInfo, init_distributed
+
+
+@dataclass
+class DataSpec:
+    name: str
+    root: str | None = None
+    download: bool = True
+    batch_size: int = 128
+    eval_batch_size: int | None = None
+    limit_train: int | None = None
+    limit_test: int | None = None
+    seed: int = 0
+    options: dict[str, Any] = field(default_factory=dict)  # dataset keywords (e.g. synthetic shape)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def input_shape_of(dataset: Any) -> tuple[int, int, int]:
+    return tuple(int(s) for s in dataset.images.shape[1:])  # type: ignore[return-value]
+
+
+def check_runs_on(model: nn.Module, shape: tuple[int, int, int], what: str) -> None:
+    """Fail before training, with the shapes named, when the architecture cannot take the data's images."""
+    was_training = model.training
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(1, *shape))
+    except RuntimeError as exc:
+        raise ConfigError(
+            f"{what}: the model cannot run on {'x'.join(map(str, shape))} images ({str(exc).splitlines()[0]})"
+        ) from None
+    finally:
+        model.train(was_training)
+
+
+def measure_model(
+    model: nn.Module, input_shape: tuple[int, int, int], latency_batches: tuple[int, ...], threads: int = 1
+) -> dict[str, Any]:
+    """Params, MACs (with the convention sentence) and deployed latency per batch size."""
+    measured = compare_models({"model": model}, input_shape, latency_batches, threads)["model"]
+    return {**measured, "convention": CONVENTION, "latency_threads": threads}
+
+
+def train_run(
+    arch: str,
+    data: DataSpec,
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    model_kwargs: dict[str, Any] | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    teacher_path: str | None = None,
+    latency_batches: tuple[int, ...] = (1,),
+    progress: bool | None = None,
+    config_record: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Train `arch` on `data` into run folder `out`; returns the summary written to summary.json."""
+    dist: DistInfo = init_distributed(device=None if device in (None, "auto") else device)
+    dev = dist.device if dist.world_size > 1 else resolve_device(device)
+    train_loader, val_loader, train_set = build_loaders(
+        data.name,
+        data.batch_size,
+        device=dev,
+        root=data.root,
+        download=data.download,
+        seed=data.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        eval_batch_size=data.eval_batch_size,
+        limit_train=data.limit_train,
+        limit_test=data.limit_test,
+        **data.options,
+    )
+    shape = input_shape_of(train_set)
+    model = create(arch, num_classes=train_set.num_classes, in_channels=shape[0], **(model_kwargs or {}))
+    check_runs_on(model, shape, f"{arch} on {data.name}")
+    teacher = checkpoint.load(teacher_path, device=dev).eval() if teacher_path else None
+    run = RunFolder(out, exist_ok=True) if dist.is_main else None
+    if run is not None and config_record is not None:
+        run.write_config(config_record)
+    started = time.time()
+    result = fit(
+        model,
+        train_loader,
+        val_loader,
+        cfg,
+        teacher=teacher,
+        run_dir=run.path if run else None,
+        resume=resume,
+        progress=progress,
+        device=dev,
+        dist=dist,
+    )
+    summary: dict[str, Any] = {}
+    if run is not None:
+        model = model.to("cpu").eval()
+        measured = measure_model(model, shape, latency_batches)
+        summary = {
+            "kind": "train",
+            "arch": arch,
+            "dataset": data.name,
+            "input_shape": list(shape),
+            "top1": result.final_top1,
+            "best_top1": result.best_top1,
+            "epochs": result.epochs_run,
+            "wall_time_s": time.time() - started,
+            **measured,
+        }
+        info = {
+            "top1": result.final_top1,
+            "macs": measured["macs"],
+            "dataset": data.name,
+            "input_shape": list(shape),
+        }
+        checkpoint.save(model, run.file("model.safetensors"), info=info)
+        history = run.read_log() or list(result.history)
+        plots = []
+        if history:
+            plots.append(plot_curves(history, run.file("curves.png"), title=f"{arch} on {data.name}").name)
+        run.write_summary(summary)
+        row = ComparisonRow(
+            arch, result.final_top1, measured["params"], measured["macs"], measured["latency_ms"]
+        )
+        run.write_text("report.md", _report_md(f"Training run: {arch} on {data.name}", [row], summary, plots))
+    return summary
+
+
+def evaluate_checkpoint(path: str, data: DataSpec, device: str | None = None) -> dict[str, Any]:
+    dev = resolve_device(device)
+    model = checkpoint.load(path, device=dev)
+    _, val_loader, _ = build_loaders(
+        data.name,
+        data.batch_size,
+        device=dev,
+        root=data.root,
+        download=data.download,
+        eval_batch_size=data.eval_batch_size,
+        limit_test=data.limit_test,
+        limit_train=1,
+        **data.options,
+    )
+    return evaluate(model, val_loader, device=dev)
+
+
+def load_for_profile(
+    target: str, input_shape: tuple[int, ...] | None
+) -> tuple[nn.Module, tuple[int, int, int]]:
+    """A checkpoint path or a zoo name → (model, per-image input shape)."""
+    if Path(target).suffix == ".safetensors" or Path(target).is_file():
+        model = checkpoint.load(target)
+        shape = input_shape or tuple(model.prunekit_info.get("input_shape", ()))
+        if not shape:
+            arch = model.prunekit_arch
+            shape = default_input_shape(arch["name"], arch["kwargs"].get("in_channels"))
+        return model, tuple(shape)  # type: ignore[return-value]
+    model = create(target)
+    return model, tuple(input_shape) if input_shape else default_input_shape(target)  # type: ignore[return-value]
+
+
+def _report_md(title: str, rows: list[ComparisonRow], summary: dict[str, Any], plots: list[str]) -> str:
+    lines = [f"# {title}", "", comparison_markdown(rows)]
+    if "wall_time_s" in summary:
+        lines.append(f"Wall time: {summary['wall_time_s']:.1f} s.\n")
+    lines += [f"![{name}]({name})\n" for name in plots]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- pruning
+
+
+def build_method(
+    method: str,
+    *,
+    ratio: float | None = None,
+    ratios: str | None = None,
+    target_macs: float | None = None,
+    speedup: float | None = None,
+    options: dict[str, Any] | None = None,
+) -> Method:
+    """A configured method; the layer selection (one of ratio / ratios / target_macs / speedup) goes to the
+    method's own selection option (`rates` for per-layer criteria, `ratio` for global ones)."""
+    candidates = {"ratio": ratio, "ratios": ratios, "target_macs": target_macs, "speedup": speedup}
+    given = {k: v for k, v in candidates.items() if v is not None}
+    if len(given) > 1:
+        raise ConfigError(f"give one of ratio / ratios / target_macs / speedup, not {', '.join(given)}")
+    opts = dict(options or {})
+    fields = getattr(method_class(method).Options, "__dataclass_fields__", {})
+    if given:
+        ((key, value),) = given.items()
+        if "rates" in fields:
+            selection = {
+                "ratio": str(value),
+                "ratios": str(value),
+                "target_macs": f"target_macs={value}",
+                "speedup": f"speedup={value}",
+            }[key]
+            opts["rates"] = selection
+        elif "ratio" in fields and key == "ratio":
+            opts["ratio"] = float(value)
+        else:
+            raise ConfigError(f"method {method!r} does not take {key}; its options: {', '.join(fields)}")
+    return create_method(method, **opts)
+
+
+def prune(
+    model: nn.Module,
+    example_input: torch.Tensor,
+    method: str = "l1",
+    *,
+    ratio: float | None = None,
+    ratios: str | None = None,
+    target_macs: float | None = None,
+    speedup: float | None = None,
+    calib: torch.Tensor | None = None,
+    **options: Any,
+) -> nn.Module:
+    """One-shot pruning: score with `method`, remove channels physically, return the smaller model.
+
+    The input model is not modified. `calib` (a batch of real inputs) feeds data-driven criteria; without it
+    `example_input` is used. Methods that need a sparsify stage (slimming, ...) should be run through
+    `prune_run`/`prunekit prune --sparsify-epochs`; here their plan is taken from the weights as they are.
+    """
+    m = build_method(
+        method, ratio=ratio, ratios=ratios, target_macs=target_macs, speedup=speedup, options=options
+    )
+    calib = example_input if calib is None else calib
+    m.prepare(model, calib)
+    plan = m.plan(model, calib)
+    pruned, _ = apply_with_report(model, plan, example_input[:1])
+    return pruned
+
+
+def calibration_batch(loader: Any, n_images: int) -> torch.Tensor:
+    """The first `n_images` inputs of a loader's current epoch (augmented like training data)."""
+    chunks, total = [], 0
+    for x, _ in loader:
+        chunks.append(x)
+        total += len(x)
+        if total >= n_images:
+            break
+    if not chunks:
+        raise ConfigError("the training loader is empty; cannot draw calibration images")
+    return torch.cat(chunks)[:n_images]
+
+
+@dataclass
+class PruneSpec:
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+    ratio: float | None = None
+    ratios: str | None = None
+    target_macs: float | None = None
+    speedup: float | None = None
+    calib_images: int = 128
+
+
+def prune_run(
+    checkpoint_path: str | Path,
+    spec: PruneSpec,
+    data: DataSpec | None,
+    out: str | Path,
+    *,
+    sparsify: TrainConfig | None = None,
+    finetune: TrainConfig | None = None,
+    device: str | None = None,
+    latency_batches: tuple[int, ...] = (1,),
+    progress: bool | None = None,
+    config_record: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """checkpoint → (sparsify) → plan → surgery → (fine-tune) → evaluate → run folder `out`."""
+    started = time.time()
+    dev = resolve_device(device)
+    dense = checkpoint.load(checkpoint_path, device="cpu")
+    data = data or DataSpec(dense.prunekit_info.get("dataset") or _missing_dataset(checkpoint_path))
+    train_loader, val_loader, train_set = build_loaders(
+        data.name,
+        data.batch_size,
+        device=dev,
+        root=data.root,
+        download=data.download,
+        seed=data.seed,
+        eval_batch_size=data.eval_batch_size,
+        limit_train=data.limit_train,
+        limit_test=data.limit_test,
+        **data.options,
+    )
+    shape = input_shape_of(train_set)
+    method = build_method(
+        spec.method,
+        ratio=spec.ratio,
+        ratios=spec.ratios,
+        target_macs=spec.target_macs,
+        speedup=spec.speedup,
+        options=spec.options,
+    )
+    run = RunFolder(out)
+    if config_record is not None:
+        run.write_config(config_record)
+    dense_eval = evaluate(dense, val_loader, device=dev)
+    model = dense
+    if sparsify is not None and sparsify.epochs > 0:
+        if not type(method).needs_sparsify():
+            raise ConfigError(f"method {spec.method!r} has no sparsify stage; drop --sparsify-epochs")
+        model = checkpoint.load(checkpoint_path, device="cpu")  # keep `dense` as the reference
+        fit(
+            model,
+            train_loader,
+            val_loader,
+            sparsify,
+            method=method,
+            run_dir=run.path / "sparsify",
+            progress=progress,
+            device=dev,
+        )
+    model = model.to(dev).eval()
+    calib = calibration_batch(train_loader, spec.calib_images).to(dev)
+    method.prepare(model, calib)
+    plan = method.plan(model, calib)
+    pruned, report = apply_with_report(model.to("cpu"), plan, calib[:1].to("cpu"))
+    pruned_eval = evaluate(pruned, val_loader, device=dev)
+    history: list[dict[str, Any]] = []
+    if finetune is not None and finetune.epochs > 0:
+        masks = getattr(pruned, "prunekit_masks", None)
+        handle = attach(pruned, masks) if masks else None
+        result = fit(
+            pruned,
+            train_loader,
+            val_loader,
+            finetune,
+            method=handle,
+            run_dir=run.path,
+            progress=progress,
+            device=dev,
+        )
+        history = run.read_log() or list(result.history)
+        final_top1 = result.final_top1
+    else:
+        final_top1 = pruned_eval["top1"]
+    pruned = pruned.to("cpu").eval()
+    dense = dense.to("cpu").eval()
+    measured = compare_models({"dense": dense, "pruned": pruned}, shape, latency_batches)
+    summary: dict[str, Any] = {
+        "kind": "prune",
+        "method": spec.method,
+        "selection": {k: v for k, v in vars(spec).items() if k != "options" and v is not None},
+        "options": spec.options,
+        "dataset": data.name,
+        "input_shape": list(shape),
+        "dense": {"top1": dense_eval["top1"], **measured["dense"]},
+        "pruned": {"top1_before_finetune": pruned_eval["top1"], "top1": final_top1, **measured["pruned"]},
+        "mac_speedup": measured["dense"]["macs"] / max(1, measured["pruned"]["macs"]),
+        "widths_before": report.widths_before,
+        "widths_after": report.widths_after,
+        "budget": vars(method.budget) if getattr(method, "budget", None) is not None else None,
+        "wall_time_s": time.time() - started,
+    }
+    info = {
+        "top1": final_top1,
+        "macs": measured["pruned"]["macs"],
+        "dataset": data.name,
+        "input_shape": list(shape),
+        "method": spec.method,
+    }
+    checkpoint.save(pruned, run.file("model.safetensors"), info=info)
+    plots = [
+        plot_widths(
+            report.widths_before,
+            report.widths_after,
+            run.file("widths.png"),
+            title=f"{spec.method}: output channels per layer",
+        ).name
+    ]
+    if history:
+        plots.append(
+            plot_curves(history, run.file("curves.png"), title=f"fine-tuning after {spec.method}").name
+        )
+    run.write_summary(summary)
+    rows = [
+        ComparisonRow(
+            "dense",
+            dense_eval["top1"],
+            measured["dense"]["params"],
+            measured["dense"]["macs"],
+            measured["dense"]["latency_ms"],
+        ),
+        ComparisonRow(
+            spec.method,
+            final_top1,
+            measured["pruned"]["params"],
+            measured["pruned"]["macs"],
+            measured["pruned"]["latency_ms"],
+            note=f"{pruned_eval['top1']:.2f} % before fine-tuning",
+        ),
+    ]
+    run.write_text("report.md", _report_md(f"Pruning run: {spec.method}", rows, summary, plots))
+    return summary
+
+
+def finetune_run(
+    checkpoint_path: str | Path,
+    data: DataSpec | None,
+    cfg: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    device: str | None = None,
+    latency_batches: tuple[int, ...] = (1,),
+    progress: bool | None = None,
+    config_record: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune a (pruned) model file; masks stored in it are kept exactly zero."""
+    started = time.time()
+    dev = resolve_device(device)
+    model = checkpoint.load(checkpoint_path, device="cpu")
+    data = data or DataSpec(model.prunekit_info.get("dataset") or _missing_dataset(checkpoint_path))
+    train_loader, val_loader, train_set = build_loaders(
+        data.name,
+        data.batch_size,
+        device=dev,
+        root=data.root,
+        download=data.download,
+        seed=data.seed,
+        eval_batch_size=data.eval_batch_size,
+        limit_train=data.limit_train,
+        limit_test=data.limit_test,
+        **data.options,
+    )
+    shape = input_shape_of(train_set)
+    run = RunFolder(out)
+    if config_record is not None:
+        run.write_config(config_record)
+    masks = getattr(model, "prunekit_masks", None)
+    handle = attach(model, masks) if masks else None
+    result = fit(
+        model,
+        train_loader,
+        val_loader,
+        cfg,
+        method=handle,
+        run_dir=run.path,
+        resume=resume,
+        progress=progress,
+        device=dev,
+    )
+    model = model.to("cpu").eval()
+    measured = measure_model(model, shape, latency_batches)
+    summary = {
+        "kind": "finetune",
+        "source": str(checkpoint_path),
+        "dataset": data.name,
+        "top1": result.final_top1,
+        "best_top1": result.best_top1,
+        "epochs": result.epochs_run,
+        "wall_time_s": time.time() - started,
+        **measured,
+    }
+    info = {
+        **model.prunekit_info,
+        "top1": result.final_top1,
+        "dataset": data.name,
+        "input_shape": list(shape),
+    }
+    checkpoint.save(model, run.file("model.safetensors"), info=info)
+    plots = []
+    history = run.read_log() or list(result.history)
+    if history:
+        plots.append(plot_curves(history, run.file("curves.png"), title="fine-tuning").name)
+    run.write_summary(summary)
+    row = ComparisonRow(
+        "fine-tuned", result.final_top1, measured["params"], measured["macs"], measured["latency_ms"]
+    )
+    run.write_text("report.md", _report_md("Fine-tuning run", [row], summary, plots))
+    return summary
+
+
+def compare_models(
+    models: dict[str, nn.Module],
+    shape: tuple[int, int, int],
+    latency_batches: tuple[int, ...],
+    threads: int = 1,
+) -> dict[str, dict[str, Any]]:
+    """Params/MACs of each model and their deployed latency, timed interleaved so noise hits all alike."""
+    out: dict[str, dict[str, Any]] = {}
+    for name, model in models.items():
+        c = cost(model, shape)
+        out[name] = {"params": c.params, "macs": c.macs, "bn_params": c.bn_params, "latency_ms": {}}
+    for b in latency_batches:
+        for name, res in compare_latency(models, shape, batch_size=b, threads=threads).items():
+            out[name]["latency_ms"][b] = res.median_ms
+    return out
+
+
+def _missing_dataset(path: str | Path) -> str:
+    raise ConfigError(f"{path} does not record its dataset; pass --data")

@@ -1,0 +1,15 @@
+"""Run records → folders, tables and plots."""
+
+from prunekit.report.plots import plot_accuracy_vs_macs, plot_curves, plot_widths
+from prunekit.report.run_folder import RunFolder
+from prunekit.report.tables import ComparisonRow, comparison_markdown, comparison_table
+
+__all__ = [
+    "ComparisonRow",
+    "RunFolder",
+    "comparison_markdown",
+    "comparison_table",
+    "plot_accuracy_vs_macs",
+    "plot_curves",
+    "plot_widths",
+]

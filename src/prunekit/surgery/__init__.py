@@ -1,0 +1,25 @@
+"""Physical edits: channel plans applied through a dependency graph, masks, and low-rank layers."""
+
+from prunekit.surgery.channels import ApplyReport, ChannelPlan, apply, apply_with_report
+from prunekit.surgery.graph import PrunableLayer, coupling_groups, prunable_layers
+from prunekit.surgery.lowrank import LowRankConv2d, decompose, energy_rank, full_rank, rank_plan
+from prunekit.surgery.masks import MaskHandle, MaskSet, attach, fold
+
+__all__ = [
+    "ApplyReport",
+    "ChannelPlan",
+    "LowRankConv2d",
+    "MaskHandle",
+    "MaskSet",
+    "PrunableLayer",
+    "apply",
+    "apply_with_report",
+    "attach",
+    "coupling_groups",
+    "decompose",
+    "energy_rank",
+    "fold",
+    "full_rank",
+    "prunable_layers",
+    "rank_plan",
+]
