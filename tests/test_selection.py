@@ -173,3 +173,29 @@ def test_budget_between_width_steps_reports_both_neighbours() -> None:
     # Two channels: the only reachable fractions are 1.0 and 0.5.
     with pytest.raises(ConfigError, match=r"closest reachable MAC fractions are 1.0000 and 0.5000"):
         solve_budget(Budget("target_macs", 0.75), {"a": 1.0}, lambda r: 2 - int(r["a"] * 2))
+
+
+def test_budget_between_uniform_steps_is_refined_group_by_group() -> None:
+    # Scaling the nine block conv1's together jumps from 0.728 to 0.691 of the MACs; 0.70 lies between.
+    model, example = create("resnet20"), torch.randn(1, 3, 32, 32)
+    groups = prunable_groups(model, example)
+    ratios, result = layer_ratios(
+        model, example, groups, parse_selection("*layer*.conv1:0.5, target_macs=0.70")
+    )
+    assert result is not None and abs(result.reached_fraction - 0.70) <= 0.007
+    assert result.pruned_macs == MacCounter(model, example).real(ratios)
+    for group in groups:  # coupled layers still share one ratio; unselected layers stay whole
+        assert len({ratios[name] for name in group.members}) == 1
+    assert {ratio for name, ratio in ratios.items() if not name.endswith("conv1") or "layer" not in name} == {
+        0.0
+    }
+
+
+def test_budget_on_lenet5_between_conv2_steps_is_met() -> None:
+    # Uniform ratios jump from 0.3153 to 0.2819 of the MACs (one conv2 channel); fc1 steps fill the gap.
+    model, example = create("lenet5"), torch.randn(1, 1, 28, 28)
+    ratios, result = layer_ratios(
+        model, example, prunable_groups(model, example), parse_selection("target_macs=0.3")
+    )
+    assert result is not None and abs(result.reached_fraction - 0.3) <= 0.003
+    assert result.pruned_macs == MacCounter(model, example).real(ratios)

@@ -11,6 +11,18 @@ from prunekit.errors import (
 
 __version__ = "0.1.0"
 
+# The one-call API, imported on first use so `import prunekit` (and the CLI's error path) stays light.
+_LAZY = {"prune": "prunekit.pipeline", "load": "prunekit.checkpoint", "save": "prunekit.checkpoint"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'prunekit' has no attribute {name!r}")
+
+
 __all__ = [
     "CheckpointError",
     "ChecksumError",
@@ -19,4 +31,7 @@ __all__ = [
     "PrunekitError",
     "SurgeryError",
     "__version__",
+    "load",
+    "prune",
+    "save",
 ]

@@ -236,6 +236,15 @@ class BudgetResult:
     ratios: dict[str, float]
 
 
+class BudgetGap(ConfigError):
+    """The uniform search stopped between two adjacent width steps; carries both neighbours so a caller that
+    knows the coupling groups can refine one group at a time."""
+
+    def __init__(self, message: str, above: dict[str, float], below: dict[str, float]) -> None:
+        super().__init__(message)
+        self.above, self.below = above, below
+
+
 def scaled_ratios(
     base: dict[str, float], scale: float, max_ratio: float = MAX_BUDGET_RATIO
 ) -> dict[str, float]:
@@ -292,10 +301,12 @@ def solve_budget(
             hi, hi_fraction = mid, fraction
         if hi - lo < 1e-9:
             break
-    raise ConfigError(
+    raise BudgetGap(
         f"budget {budget.kind}={budget.value:g} falls between two reachable widths: the closest reachable "
         f"MAC fractions are {lo_fraction:.4f} and {hi_fraction:.4f}; ask for one of them "
-        f"(tolerance {tolerance:.0%})"
+        f"(tolerance {tolerance:.0%})",
+        above=scaled_ratios(base, lo, max_ratio),
+        below=scaled_ratios(base, hi, max_ratio),
     )
 
 
@@ -362,6 +373,48 @@ class MacCounter:
             total += positions * out_kept * per_output_kept
         return round(total)
 
+    def refine(
+        self,
+        target: float,
+        above: dict[str, float],
+        below: dict[str, float],
+        tolerance: float = BUDGET_TOLERANCE,
+    ) -> BudgetResult | None:
+        """From `above` (the uniform solution just over the target), remove one channel of one selected group
+        at a time, each time the step that removes the most MACs without leaving the tolerance band, until the
+        band is reached; `None` if it cannot be. Groups move as a whole, so coupled layers keep one ratio;
+        every group stays within the maximum budget ratio."""
+        selected = [g for g in self.groups if below.get(g[0], 0.0) > 0]
+        pruned = {g: pruned_count(above.get(g[0], 0.0), self.widths[g], g[0]) for g in self.groups}
+        cap = {g: min(int(MAX_BUDGET_RATIO * self.widths[g]), self.widths[g] - 1) for g in selected}
+        low, high = self.dense * target * (1 - tolerance), self.dense * target * (1 + tolerance)
+
+        def ratios_of(counts: dict[tuple[str, ...], int]) -> dict[str, float]:
+            # (k + 0.5) / n floors back to exactly k channels under `pruned_count`.
+            out = dict(above)
+            for g, k in counts.items():
+                out.update(dict.fromkeys(g, (k + 0.5) / self.widths[g] if k else 0.0))
+            return out
+
+        macs = self.analytic(ratios_of(pruned))
+        while macs > high:
+            steps = [
+                (self.analytic(ratios_of({**pruned, g: pruned[g] + 1})), g)
+                for g in selected
+                if pruned[g] < cap[g]
+            ]
+            fitting = [step for step in steps if step[0] >= low]
+            if not fitting:
+                return None
+            macs, group = min(fitting, key=lambda step: step[0])
+            pruned[group] += 1
+        removed = sum(pruned[g] * len(g) for g in selected)
+        channels = sum(self.widths[g] * len(g) for g in selected)
+        # `ratio` reports the overall fraction of selected channels removed (no single scale applies).
+        return BudgetResult(
+            removed / channels, target, macs / self.dense, self.dense, macs, ratios_of(pruned)
+        )
+
     def real(self, ratios: dict[str, float]) -> int:
         return apply_with_report(self.model, self.plan(ratios), self.example)[1].macs_after
 
@@ -403,7 +456,13 @@ def meet_budget(model: nn.Module, example: Tensor, budget: Budget, base: dict[st
     """Scale `base` ratios to meet `budget`, searching on the analytic count and confirming on the really
     pruned model; should the two ever disagree, the search is redone on real surgery."""
     counter = MacCounter(model, example)
-    result = solve_budget(budget, base, counter.analytic)
+    try:
+        result = solve_budget(budget, base, counter.analytic)
+    except BudgetGap as gap:
+        refined = counter.refine(budget.fraction, gap.above, gap.below)
+        if refined is None:
+            raise
+        result = refined
     real = counter.real(result.ratios)
     if real == result.pruned_macs:
         return result

@@ -102,6 +102,12 @@ class ChannelGraph:
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor) -> None:
         self.model = model
+        batch = example_input.shape[0] if example_input.dim() > 1 else None
+        if batch == 1:
+            # With a batch of one, torch 2.13's CPU convolution records squeeze/unsqueeze around the conv in
+            # autograd, and torch-pruning then sees the real convolution as an element-wise op that changes
+            # the channel count. Tracing with two (identical) examples keeps the conv's own grad_fn.
+            example_input = example_input.expand(2, *example_input.shape[1:])
         self.modules: dict[str, nn.Module] = {
             name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)
         }
@@ -134,6 +140,8 @@ class ChannelGraph:
                 m.training = training
         self.order: list[str] = order
         self.output_shape: tuple[int, ...] | None = shapes[0] if shapes else None
+        if self.output_shape is not None and batch == 1:
+            self.output_shape = (1, *self.output_shape[1:])
         self._changing = _channel_changing_nodes(self.dg)
         # The graph is traced back from the model's outputs, so the nodes nothing reads are those outputs.
         self._sinks = {node for node in self.dg.module2node.values() if not node.outputs}
