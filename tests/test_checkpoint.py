@@ -64,6 +64,26 @@ def test_weights_that_do_not_match_the_metadata_are_refused(tmp_path) -> None:
         checkpoint.load(bad)
 
 
-def test_models_without_arch_cannot_be_saved(tmp_path) -> None:
-    with pytest.raises(CheckpointError, match="prunekit_arch"):
-        checkpoint.save(torch.nn.Linear(2, 2), tmp_path / "x.safetensors")
+def test_user_models_need_their_base_to_load(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = torch.nn.Linear(2, 3)
+    path = checkpoint.save(model, tmp_path / "x.safetensors")
+    assert checkpoint.read_metadata(path)["arch"] is None
+    with pytest.raises(CheckpointError, match=r"holds a user model .*model=MyNet"):
+        checkpoint.load(path)
+    loaded = checkpoint.load(path, model=torch.nn.Linear(2, 3))
+    assert torch.equal(loaded.weight, model.weight) and torch.equal(loaded.bias, model.bias)
+
+
+def test_header_length_that_looks_like_pickle_magic_still_loads(tmp_path) -> None:
+    # 640 = 0x280: the header length's first bytes are 80 02, a protocol-2 pickle's opening.
+    model = torch.nn.Linear(2, 3)
+    path = checkpoint.save(model, tmp_path / "m.safetensors", info={"pad": ""})
+    unpadded = int.from_bytes(path.read_bytes()[:8], "little")  # rounded up to a multiple of 8
+    for pad in range(640 - unpadded, 640 - unpadded + 16):
+        path = checkpoint.save(model, tmp_path / "m.safetensors", info={"pad": "x" * pad})
+        if path.read_bytes()[:2] == b"\x80\x02":
+            break
+    else:
+        pytest.fail("no padding gave a 640..655-byte header")
+    assert checkpoint.load(path, model=torch.nn.Linear(2, 3)).prunekit_info == {"pad": "x" * pad}

@@ -121,3 +121,57 @@ def test_cli_prune_refuses_a_sparsify_stage_for_one_shot_methods(tmp_path, capsy
     ]
     assert main(argv) == 2
     assert "has no sparsify stage" in capsys.readouterr().err
+
+
+def test_cli_deephoyer_elementwise_keeps_masks_through_finetune_and_file(tmp_path) -> None:
+    data = [
+        "--data",
+        "synthetic",
+        "--data-option",
+        "shape=1x28x28",
+        "--limit-train",
+        "256",
+        "--limit-test",
+        "128",
+        "--batch-size",
+        "64",
+        "--device",
+        "cpu",
+    ]
+    assert (
+        main(["train", "--arch", "lenet300_100", *data, "--epochs", "1", "--out", str(tmp_path / "d")]) == 0
+    )
+    out = tmp_path / "hs"
+    argv = [
+        "prune",
+        str(tmp_path / "d" / "model.safetensors"),
+        "--method",
+        "deephoyer",
+        "--option",
+        "regularizer=hoyer_square",
+        "--option",
+        "decay=0.0002",
+        "--option",
+        "sensitivity=0.5",
+        "--sparsify-epochs",
+        "1",
+        "--finetune-epochs",
+        "1",
+        *data,
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["widths_after"] == summary["widths_before"]  # element-wise: shapes unchanged
+    assert (out / "sparsify" / "log.jsonl").is_file()
+    model = prunekit.load(out / "model.safetensors")
+    masks = model.prunekit_masks
+    assert set(masks) >= {"fc1.weight", "fc2.weight", "fc3.weight"}
+    for name, param in model.named_parameters():
+        if name in masks:  # the fine-tune kept every pruned weight exactly zero
+            assert torch.all(param[~masks[name]] == 0)
+    masked_out = sum(int((~mask).sum()) for mask in masks.values())
+    assert summary["sparsity"]["pruned"] == masked_out
+    # |w| < 0.5·std removes about 0.5/√3 ≈ 29 % of near-uniform (Kaiming-uniform) weights.
+    assert 0.2 < masked_out / summary["sparsity"]["total"] < 0.4

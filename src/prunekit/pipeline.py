@@ -17,12 +17,12 @@ from torch import nn
 from prunekit import checkpoint
 from prunekit.data import build_loaders
 from prunekit.errors import ConfigError
-from prunekit.measure import CONVENTION, compare_latency, cost
+from prunekit.measure import CONVENTION, compare_latency, cost, sparsity_report
 from prunekit.methods import Method, create_method, method_class
 from prunekit.models import create, default_input_shape
 from prunekit.report import RunFolder, comparison_markdown, plot_curves, plot_widths
 from prunekit.report.tables import ComparisonRow
-from prunekit.surgery import apply_with_report, attach
+from prunekit.surgery import MaskSet, apply, attach, record_masks
 from prunekit.train import TrainConfig, evaluate, fit
 from prunekit.train.distributed import DistInfo, init_distributed
 
@@ -256,10 +256,32 @@ def prune(
         method, ratio=ratio, ratios=ratios, target_macs=target_macs, speedup=speedup, options=options
     )
     calib = example_input if calib is None else calib
-    m.prepare(model, calib)
-    plan = m.plan(model, calib)
-    pruned, _ = apply_with_report(model, plan, example_input[:1])
+    pruned, _ = run_method(m, model, calib)
     return pruned
+
+
+def run_method(method: Method, model: nn.Module, calib: torch.Tensor) -> tuple[nn.Module, MaskSet | None]:
+    """Apply a configured method to a copy of `model`: (smaller model, masks of zeros it must keep or None).
+
+    Methods that threshold weights themselves (DeepHoyer) expose `prune(model, calib)`; the rest give a
+    channel plan that the surgery applies. Masks are recorded as an edit, so the saved file keeps them."""
+    method.prepare(model, calib)
+    if callable(getattr(method, "prune", None)):
+        result = method.prune(model, calib)
+        if not any(not bool(m.all()) for m in result.masks.values()):
+            return result.model, None
+        record_masks(result.model, result.masks)
+        return result.model, result.model.prunekit_masks
+    return apply(model, method.plan(model, calib), calib[:1]), None
+
+
+def layer_widths(model: nn.Module) -> dict[str, int]:
+    """Output channels of every conv and linear layer, by name."""
+    return {
+        name: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        for name, m in model.named_modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear))
+    }
 
 
 def calibration_batch(loader: Any, n_images: int) -> torch.Tensor:
@@ -344,15 +366,14 @@ def prune_run(
             progress=progress,
             device=dev,
         )
-    model = model.to(dev).eval()
-    calib = calibration_batch(train_loader, spec.calib_images).to(dev)
-    method.prepare(model, calib)
-    plan = method.plan(model, calib)
-    pruned, report = apply_with_report(model.to("cpu"), plan, calib[:1].to("cpu"))
+    calib = calibration_batch(train_loader, spec.calib_images).to("cpu")
+    model = model.to("cpu").eval()
+    widths_before = layer_widths(model)
+    pruned, masks = run_method(method, model, calib)
+    widths_after = layer_widths(pruned)
     pruned_eval = evaluate(pruned, val_loader, device=dev)
     history: list[dict[str, Any]] = []
     if finetune is not None and finetune.epochs > 0:
-        masks = getattr(pruned, "prunekit_masks", None)
         handle = attach(pruned, masks) if masks else None
         result = fit(
             pruned,
@@ -381,8 +402,9 @@ def prune_run(
         "dense": {"top1": dense_eval["top1"], **measured["dense"]},
         "pruned": {"top1_before_finetune": pruned_eval["top1"], "top1": final_top1, **measured["pruned"]},
         "mac_speedup": measured["dense"]["macs"] / max(1, measured["pruned"]["macs"]),
-        "widths_before": report.widths_before,
-        "widths_after": report.widths_after,
+        "widths_before": widths_before,
+        "widths_after": widths_after,
+        "sparsity": sparsity_report(pruned).to_dict() if masks else None,
         "budget": vars(method.budget) if getattr(method, "budget", None) is not None else None,
         "wall_time_s": time.time() - started,
     }
@@ -396,8 +418,8 @@ def prune_run(
     checkpoint.save(pruned, run.file("model.safetensors"), info=info)
     plots = [
         plot_widths(
-            report.widths_before,
-            report.widths_after,
+            widths_before,
+            widths_after,
             run.file("widths.png"),
             title=f"{spec.method}: output channels per layer",
         ).name

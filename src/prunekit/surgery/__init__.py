@@ -1,7 +1,9 @@
-"""Physical edits: channel plans applied through a dependency graph, masks, and low-rank layers."""
+"""Physical edits: channel plans applied through a dependency graph, masks, low-rank layers, and the edit
+history that rebuilds a pruned model from its base architecture."""
 
 from prunekit.surgery.channels import ApplyReport, ChannelPlan, apply, apply_with_report
 from prunekit.surgery.graph import PrunableLayer, coupling_groups, prunable_layers
+from prunekit.surgery.history import record, record_masks, replay
 from prunekit.surgery.lowrank import LowRankConv2d, decompose, energy_rank, full_rank, rank_plan
 from prunekit.surgery.masks import MaskHandle, MaskSet, attach, fold
 
@@ -22,4 +24,7 @@ __all__ = [
     "full_rank",
     "prunable_layers",
     "rank_plan",
+    "record",
+    "record_masks",
+    "replay",
 ]

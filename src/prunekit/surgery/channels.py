@@ -19,6 +19,7 @@ from torch import nn
 
 from prunekit.errors import SurgeryError
 from prunekit.measure.cost import cost
+from prunekit.surgery import history
 from prunekit.surgery.graph import PRUNABLE_TYPES, ChannelGraph, GroupEffect
 
 ChannelPlan = Mapping[str, Sequence[int] | torch.Tensor]
@@ -54,7 +55,8 @@ def apply(model: nn.Module, plan: ChannelPlan, example_input: torch.Tensor) -> n
 def apply_with_report(
     model: nn.Module, plan: ChannelPlan, example_input: torch.Tensor
 ) -> tuple[nn.Module, ApplyReport]:
-    """`apply`, plus the widths and MACs before and after. `model` itself is never modified."""
+    """`apply`, plus the widths and MACs before and after. `model` itself is never modified; the copy's
+    edit history (`surgery.history`) gains this plan."""
     layers = {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)}
     kept = {name: _kept_indices(name, spec, layers, model) for name, spec in plan.items()}
 
@@ -91,6 +93,7 @@ def apply_with_report(
             remaining[layer] = [o for i, o in enumerate(remaining[layer]) if i not in idxs]
 
     _validate(pruned, graph, example_input, kept, remaining, widths_before, final)
+    history.record(pruned, history.ChannelEdit(kept, tuple(example_input.shape[1:])))
     after = cost(pruned, tuple(example_input.shape))
     widths_after = {name: graph.out_channels(name) for name in graph.modules}
     report = ApplyReport(

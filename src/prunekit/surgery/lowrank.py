@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.errors import ConfigError, SurgeryError, unknown_name
+from prunekit.surgery import history
 
 SCHEMES: tuple[str, ...] = ("NC", "VH")
 
@@ -199,7 +200,14 @@ class LowRankConv2d(nn.Module):
         return cls._from_svd(conv, scheme, rank, svd)
 
     @classmethod
-    def _from_svd(cls, conv: nn.Conv2d, scheme: str, rank: int, svd: _Svd) -> LowRankConv2d:
+    def shaped_like(cls, conv: nn.Module, scheme: str, rank: int, *, name: str = "conv") -> LowRankConv2d:
+        """An untrained rank-`rank` factorisation with `conv`'s geometry, device and dtype (no SVD): the
+        shell a checkpoint's edit history rebuilds before loading the stored factors."""
+        _check_decomposable(conv, scheme, rank, name)
+        return cls._shell(conv, scheme, rank)
+
+    @classmethod
+    def _shell(cls, conv: nn.Conv2d, scheme: str, rank: int) -> LowRankConv2d:
         weight = conv.weight
         module = cls(
             conv.in_channels,
@@ -215,7 +223,13 @@ class LowRankConv2d(nn.Module):
             device=weight.device,
             dtype=weight.dtype,
         )
-        n, c, kh, kw = weight.shape
+        module.train(conv.training)
+        return module
+
+    @classmethod
+    def _from_svd(cls, conv: nn.Conv2d, scheme: str, rank: int, svd: _Svd) -> LowRankConv2d:
+        module = cls._shell(conv, scheme, rank)
+        n, c, kh, kw = conv.weight.shape
         u, s, vh = svd[0][:, :rank], svd[1][:rank], svd[2][:rank]
         if scheme == "NC":
             root = s.sqrt()
@@ -229,7 +243,6 @@ class LowRankConv2d(nn.Module):
             module.second.weight.copy_(second)
             if conv.bias is not None:
                 module.second.bias.copy_(conv.bias)
-        module.train(conv.training)
         return module
 
     def forward(self, x: Tensor) -> Tensor:
@@ -284,7 +297,8 @@ def _find_module(name: str, modules: Mapping[str, nn.Module]) -> nn.Module:
 def decompose(model: nn.Module, plan: Mapping[str, tuple[str, int]]) -> nn.Module:
     """A copy of `model` where each conv named in `plan` (``{layer: (scheme, rank)}``) is replaced by
     its `LowRankConv2d`. Every entry is checked before anything is built; other layers are untouched
-    copies, and ``prunekit_arch`` and the other model attributes are kept."""
+    copies, ``prunekit_arch`` and the other model attributes are kept, and the decomposition is appended
+    to the copy's edit history (`surgery.history`)."""
     modules = dict(model.named_modules())
     for name, entry in plan.items():
         if not isinstance(entry, tuple | list) or len(entry) != 2:
@@ -297,4 +311,5 @@ def decompose(model: nn.Module, plan: Mapping[str, tuple[str, int]]) -> nn.Modul
         scheme, rank = plan[name]
         parent_name, _, leaf = name.rpartition(".")
         setattr(new.get_submodule(parent_name), leaf, LowRankConv2d._from_svd(conv, scheme, rank, svd))
+    history.record(new, history.LowRankEdit({name: (scheme, rank) for name, (scheme, rank) in plan.items()}))
     return new
