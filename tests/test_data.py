@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import pickle
 import tarfile
@@ -19,6 +20,7 @@ from prunekit.data import (
     ImageFolder,
     ImageFolderLoader,
     ImageTensorDataset,
+    build_loaders,
     catalog,
     data_root,
     list_datasets,
@@ -282,6 +284,8 @@ def test_unknown_dataset_lists_valid_ones() -> None:
         "cifar100",
         "fashion_mnist",
         "fashion_mnist_mini",
+        "imagefolder",
+        "imagenet",
         "mnist",
         "synthetic",
     ]
@@ -386,3 +390,49 @@ def test_image_folder_train_loader_workers_deterministic(image_root: Path) -> No
     assert not torch.equal(in_process[0], run(0, 1)[0])
     with pytest.raises(DataError, match="image folder .*missing/train not found"):
         ImageFolder(image_root / "missing", "train", train=True)
+
+
+def test_build_loaders_serves_image_folders_and_the_cli_trains_on_them(
+    image_root: Path, tmp_path: Path
+) -> None:
+    train, val, split = build_loaders(
+        "imagefolder", 4, root=image_root, limit_train=4, image_size=16, resize=18, num_workers=0
+    )
+    assert split.shape == (3, 16, 16) and split.num_classes == 2
+    assert train.num_samples == 4 and {label for _, label in split.samples} == {0, 1}  # both classes kept
+    x, y = next(iter(val))
+    assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32
+    with pytest.raises(ConfigError, match="needs --data-root"):
+        build_loaders("imagenet", 4)
+    with pytest.raises(ConfigError, match="folder of encoded images"):
+        load_dataset("imagenet")
+
+    from prunekit.cli import main
+
+    out = tmp_path / "run"
+    argv = [
+        "train",
+        "--arch",
+        "resnet18",
+        "--data",
+        "imagefolder",
+        "--data-root",
+        str(image_root),
+        "--data-option",
+        "image_size=32",
+        "--data-option",
+        "resize=36",
+        "--data-option",
+        "num_workers=0",
+        "--batch-size",
+        "3",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+    ]
+    assert main(argv) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["input_shape"] == [3, 32, 32] and summary["dataset"] == "imagefolder"

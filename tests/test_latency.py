@@ -1,9 +1,11 @@
 from __future__ import annotations
 
 import warnings
+from typing import ClassVar
 
 import pytest
 import torch
+import torch.nn.utils.prune
 from torch import nn
 
 from prunekit.errors import ConfigError
@@ -241,3 +243,42 @@ def test_fold_zoo_resnet20_removes_every_bn() -> None:
         expected = model(x)
         # Random BN statistics grow the activations through 19 layers; compare relative to their scale.
         torch.testing.assert_close(folded(x), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+def test_masked_conv_is_not_folded() -> None:
+    model = _randomise_bn(ConvBnRelu())
+    with torch.no_grad():  # else the masked weight is a non-leaf tensor, which deepcopy refuses
+        torch.nn.utils.prune.l1_unstructured(model.conv, "weight", amount=0.5)
+    folded = fold_batchnorm(model)
+    assert isinstance(folded.bn, nn.BatchNorm2d)
+    assert isinstance(folded.bn_b, nn.Identity)
+    _check_equal(model, folded, (2, 3, 8, 8))
+
+
+def test_bn_without_running_statistics_is_not_folded() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)).eval()
+    folded = fold_batchnorm(model)
+    assert isinstance(folded[1], nn.BatchNorm2d)
+    _check_equal(model, folded, (2, 3, 6, 6))
+
+
+class _Recorder(nn.Module):
+    calls: ClassVar[list[str]] = []  # class-level, so it survives the deepcopy latency makes
+
+    def __init__(self, tag: str) -> None:
+        super().__init__()
+        self.tag = tag
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _Recorder.calls.append(self.tag)
+        return x
+
+
+def test_compare_latency_interleaves_models_round_by_round() -> None:
+    _Recorder.calls.clear()
+    results = compare_latency(
+        {"a": _Recorder("a"), "b": _Recorder("b")}, (1,), deployed=False, warmup=1, repeats=4, rounds=2
+    )
+    # Warm-up of each, then per round and model: one untimed re-warm call and two timed calls.
+    assert _Recorder.calls == ["a", "b"] + ["a"] * 3 + ["b"] * 3 + ["a"] * 3 + ["b"] * 3
+    assert [len(r.samples) for r in results.values()] == [4, 4]

@@ -62,6 +62,11 @@ def _add_data_args(p: argparse.ArgumentParser, *, default: str | None = None) ->
     g.add_argument("--limit-train", type=int, help="use only the first N training images (quick runs)")
     g.add_argument("--limit-test", type=int, help="use only the first N test images")
     g.add_argument(
+        "--no-normalize",
+        action="store_true",
+        help="feed pixels in [0, 1] without mean/std normalisation (as ToTensor()-only scripts)",
+    )
+    g.add_argument(
         "--data-option",
         action="append",
         default=[],
@@ -169,6 +174,7 @@ def _data_spec(args: argparse.Namespace) -> Any:
         limit_train=args.limit_train,
         limit_test=args.limit_test,
         seed=getattr(args, "seed", 0),
+        normalize=not args.no_normalize,
         options=_data_options(args.data_option),
     )
 
@@ -316,6 +322,30 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    from prunekit.recipes import load_recipe, run_recipe
+
+    recipe = load_recipe(args.recipe)
+    summary = run_recipe(
+        recipe,
+        args.out or f"runs/{recipe.name}",
+        dense_checkpoint=args.dense,
+        data_root=args.data_root,
+        epochs_scale=args.epochs_scale,
+        limit_train=args.limit_train,
+        limit_test=args.limit_test,
+        download=not args.no_download,
+        device=args.device,
+    )
+    ours, pub = summary["ours"], summary["published"]
+    print(
+        f"{recipe.name}: top-1 {ours['top1']:.2f} % (published {pub.get('top1', '–')}), "
+        f"MACs {ours['macs'] / 1e6:.2f}M ({ours['mac_speedup']:.2f}× fewer), params {ours['params']:,}"
+        + ("  [shortened run]" if summary["shortened"] else "")
+    )
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from prunekit.pipeline import evaluate_checkpoint
 
@@ -429,6 +459,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_args(p)
     _add_train_args(p)
     p.set_defaults(func=cmd_finetune, lr=0.01)
+
+    p = sub.add_parser(
+        "run",
+        help="run a recipe (a paper's table row) end to end",
+        formatter_class=fmt,
+        epilog="examples:\n  prunekit run recipes/deephoyer/lenet5_hs_mnist.yaml --data-root ../shared/data\n"
+        "  prunekit run recipes/hrank/resnet56_cifar10_93.17.yaml --dense runs/r56/model.safetensors\n"
+        "  prunekit run recipes/deephoyer/lenet5_hs_mnist.yaml --epochs-scale 0.02 --limit-train 5000\n",
+    )
+    p.add_argument("recipe", help="a recipe YAML file (see recipes/)")
+    p.add_argument("--out", help="run folder (default runs/<recipe name>)")
+    p.add_argument("--dense", help="start from this model file instead of training the recipe's baseline")
+    p.add_argument("--data-root")
+    p.add_argument("--no-download", action="store_true")
+    p.add_argument("--epochs-scale", type=float, default=1.0, help="shorten every schedule (smoke runs)")
+    p.add_argument("--limit-train", type=int)
+    p.add_argument("--limit-test", type=int)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
         "eval",

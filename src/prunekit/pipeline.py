@@ -6,6 +6,7 @@ evaluate → run folder. Every stage writes the same run-folder layout so runs c
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,14 +18,16 @@ from torch import nn
 from prunekit import checkpoint
 from prunekit.data import build_loaders
 from prunekit.errors import ConfigError
+from prunekit.layerwise import hrank_run
 from prunekit.measure import CONVENTION, compare_latency, cost, sparsity_report
 from prunekit.methods import Method, create_method, method_class
+from prunekit.methods.hrank import HRank
 from prunekit.models import create, default_input_shape
 from prunekit.report import RunFolder, comparison_markdown, plot_curves, plot_widths
 from prunekit.report.tables import ComparisonRow
 from prunekit.surgery import MaskSet, apply, attach, record_masks
 from prunekit.train import TrainConfig, evaluate, fit
-from prunekit.train.distributed import DistInfo, init_distributed
+from prunekit.train.distributed import DistInfo, cleanup, init_distributed
 
 
 @dataclass
@@ -37,7 +40,33 @@ class DataSpec:
     limit_train: int | None = None
     limit_test: int | None = None
     seed: int = 0
+    normalize: bool = True  # False: pixels in [0, 1], as scripts that use only ToTensor()
     options: dict[str, Any] = field(default_factory=dict)  # dataset keywords (e.g. synthetic shape)
+
+    def loaders(self, device: torch.device, *, rank: int = 0, world_size: int = 1) -> tuple[Any, Any, Any]:
+        """(train loader, test loader, train split) of this dataset on `device`."""
+        return build_loaders(
+            self.name,
+            self.batch_size,
+            device=device,
+            root=self.root,
+            download=self.download,
+            seed=self.seed,
+            rank=rank,
+            world_size=world_size,
+            eval_batch_size=self.eval_batch_size,
+            limit_train=self.limit_train,
+            limit_test=self.limit_test,
+            normalize=self.normalize,
+            **self.options,
+        )
+
+    @classmethod
+    def of_checkpoint(cls, info: dict[str, Any], path: str | Path) -> DataSpec:
+        """The dataset a model file was trained on, as recorded in its info."""
+        if not info.get("dataset"):
+            raise ConfigError(f"{path} does not record its dataset; pass --data")
+        return cls(info["dataset"], normalize=info.get("normalize", True))
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -47,7 +76,7 @@ def resolve_device(device: str | None) -> torch.device:
 
 
 def input_shape_of(dataset: Any) -> tuple[int, int, int]:
-    return tuple(int(s) for s in dataset.images.shape[1:])  # type: ignore[return-value]
+    return tuple(int(s) for s in dataset.shape)  # type: ignore[return-value]
 
 
 def check_runs_on(model: nn.Module, shape: tuple[int, int, int], what: str) -> None:
@@ -86,25 +115,55 @@ def train_run(
     progress: bool | None = None,
     config_record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Train `arch` on `data` into run folder `out`; returns the summary written to summary.json."""
+    """Train `arch` on `data` into run folder `out`; returns the summary written to summary.json.
+
+    Under torchrun every rank trains its shard (DistributedDataParallel); only rank 0 writes the run folder
+    and returns the summary, the others return {}."""
     dist: DistInfo = init_distributed(device=None if device in (None, "auto") else device)
+    try:
+        return _train_run(
+            arch,
+            data,
+            cfg,
+            out,
+            dist,
+            model_kwargs=model_kwargs,
+            resume=resume,
+            device=device,
+            teacher_path=teacher_path,
+            latency_batches=latency_batches,
+            progress=progress,
+            config_record=config_record,
+        )
+    finally:
+        cleanup()
+
+
+def _train_run(
+    arch: str,
+    data: DataSpec,
+    cfg: TrainConfig,
+    out: str | Path,
+    dist: DistInfo,
+    *,
+    model_kwargs: dict[str, Any] | None,
+    resume: bool,
+    device: str | None,
+    teacher_path: str | None,
+    latency_batches: tuple[int, ...],
+    progress: bool | None,
+    config_record: dict[str, Any] | None,
+) -> dict[str, Any]:
     dev = dist.device if dist.world_size > 1 else resolve_device(device)
-    train_loader, val_loader, train_set = build_loaders(
-        data.name,
-        data.batch_size,
-        device=dev,
-        root=data.root,
-        download=data.download,
-        seed=data.seed,
-        rank=dist.rank,
-        world_size=dist.world_size,
-        eval_batch_size=data.eval_batch_size,
-        limit_train=data.limit_train,
-        limit_test=data.limit_test,
-        **data.options,
-    )
+    train_loader, val_loader, train_set = data.loaders(dev, rank=dist.rank, world_size=dist.world_size)
     shape = input_shape_of(train_set)
-    model = create(arch, num_classes=train_set.num_classes, in_channels=shape[0], **(model_kwargs or {}))
+    kwargs = {"num_classes": train_set.num_classes, "in_channels": shape[0], **(model_kwargs or {})}
+    if (kwargs["num_classes"], kwargs["in_channels"]) != (train_set.num_classes, shape[0]):
+        raise ConfigError(
+            f"{arch} asked for {kwargs['num_classes']} classes / {kwargs['in_channels']} input channels, but "
+            f"{data.name} has {train_set.num_classes} classes / {shape[0]} channels"
+        )
+    model = create(arch, **kwargs)
     check_runs_on(model, shape, f"{arch} on {data.name}")
     teacher = checkpoint.load(teacher_path, device=dev).eval() if teacher_path else None
     run = RunFolder(out, exist_ok=True) if dist.is_main else None
@@ -142,6 +201,7 @@ def train_run(
             "top1": result.final_top1,
             "macs": measured["macs"],
             "dataset": data.name,
+            "normalize": data.normalize,
             "input_shape": list(shape),
         }
         checkpoint.save(model, run.file("model.safetensors"), info=info)
@@ -160,17 +220,7 @@ def train_run(
 def evaluate_checkpoint(path: str, data: DataSpec, device: str | None = None) -> dict[str, Any]:
     dev = resolve_device(device)
     model = checkpoint.load(path, device=dev)
-    _, val_loader, _ = build_loaders(
-        data.name,
-        data.batch_size,
-        device=dev,
-        root=data.root,
-        download=data.download,
-        eval_batch_size=data.eval_batch_size,
-        limit_test=data.limit_test,
-        limit_train=1,
-        **data.options,
-    )
+    _, val_loader, _ = dataclasses.replace(data, limit_train=1).loaders(dev)
     return evaluate(model, val_loader, device=dev)
 
 
@@ -325,19 +375,8 @@ def prune_run(
     started = time.time()
     dev = resolve_device(device)
     dense = checkpoint.load(checkpoint_path, device="cpu")
-    data = data or DataSpec(dense.prunekit_info.get("dataset") or _missing_dataset(checkpoint_path))
-    train_loader, val_loader, train_set = build_loaders(
-        data.name,
-        data.batch_size,
-        device=dev,
-        root=data.root,
-        download=data.download,
-        seed=data.seed,
-        eval_batch_size=data.eval_batch_size,
-        limit_train=data.limit_train,
-        limit_test=data.limit_test,
-        **data.options,
-    )
+    data = data or DataSpec.of_checkpoint(dense.prunekit_info, checkpoint_path)
+    train_loader, val_loader, train_set = data.loaders(dev)
     shape = input_shape_of(train_set)
     method = build_method(
         spec.method,
@@ -369,7 +408,26 @@ def prune_run(
     calib = calibration_batch(train_loader, spec.calib_images).to("cpu")
     model = model.to("cpu").eval()
     widths_before = layer_widths(model)
-    pruned, masks = run_method(method, model, calib)
+    hrank_summary: dict[str, Any] | None = None
+    if isinstance(method, HRank):
+        # ---- HRank (prunekit.layerwise): its masked schedules, whose layerwise stages are the fine-tuning,
+        # and both counts, HRank's paper convention and the true cost of the smaller model.
+        outcome = hrank_run(
+            model,
+            method,
+            train_loader,
+            val_loader,
+            finetune,
+            calib=calib,
+            run_dir=run.path,
+            progress=progress,
+            device=dev,
+        )
+        pruned, masks, hrank_summary = outcome.model, outcome.masks, outcome.summary()
+        finetune = finetune if outcome.needs_finetune else None
+        # ---- end HRank
+    else:
+        pruned, masks = run_method(method, model, calib)
     widths_after = layer_widths(pruned)
     pruned_eval = evaluate(pruned, val_loader, device=dev)
     history: list[dict[str, Any]] = []
@@ -407,11 +465,13 @@ def prune_run(
         "sparsity": sparsity_report(pruned).to_dict() if masks else None,
         "budget": vars(method.budget) if getattr(method, "budget", None) is not None else None,
         "wall_time_s": time.time() - started,
+        **({"hrank": hrank_summary} if hrank_summary is not None else {}),
     }
     info = {
         "top1": final_top1,
         "macs": measured["pruned"]["macs"],
         "dataset": data.name,
+        "normalize": data.normalize,
         "input_shape": list(shape),
         "method": spec.method,
     }
@@ -466,19 +526,8 @@ def finetune_run(
     started = time.time()
     dev = resolve_device(device)
     model = checkpoint.load(checkpoint_path, device="cpu")
-    data = data or DataSpec(model.prunekit_info.get("dataset") or _missing_dataset(checkpoint_path))
-    train_loader, val_loader, train_set = build_loaders(
-        data.name,
-        data.batch_size,
-        device=dev,
-        root=data.root,
-        download=data.download,
-        seed=data.seed,
-        eval_batch_size=data.eval_batch_size,
-        limit_train=data.limit_train,
-        limit_test=data.limit_test,
-        **data.options,
-    )
+    data = data or DataSpec.of_checkpoint(model.prunekit_info, checkpoint_path)
+    train_loader, val_loader, train_set = data.loaders(dev)
     shape = input_shape_of(train_set)
     run = RunFolder(out)
     if config_record is not None:
@@ -512,6 +561,7 @@ def finetune_run(
         **model.prunekit_info,
         "top1": result.final_top1,
         "dataset": data.name,
+        "normalize": data.normalize,
         "input_shape": list(shape),
     }
     checkpoint.save(model, run.file("model.safetensors"), info=info)
@@ -542,7 +592,3 @@ def compare_models(
         for name, res in compare_latency(models, shape, batch_size=b, threads=threads).items():
             out[name]["latency_ms"][b] = res.median_ms
     return out
-
-
-def _missing_dataset(path: str | Path) -> str:
-    raise ConfigError(f"{path} does not record its dataset; pass --data")

@@ -40,13 +40,18 @@ _SOURCES: dict[str, IdxSource | CifarSource | None] = {
 _AUGMENTATION = {"cifar10": Augmentation(4, True), "cifar100": Augmentation(4, True)}
 
 
+# Folders of encoded images (ImageNet layout root/{train,val}/<class>/*): decoded per batch by
+# `ImageFolderLoader`, never held as one tensor, so `build_loaders` serves them and `load_dataset` does not.
+IMAGE_FOLDERS = ("imagefolder", "imagenet")
+
+
 def list_datasets() -> list[str]:
-    return sorted(_SOURCES)
+    return sorted([*_SOURCES, *IMAGE_FOLDERS])
 
 
 def standard_augmentation(name: str) -> Augmentation:
     if name not in _SOURCES:
-        raise unknown_name("dataset", name, list(_SOURCES))
+        raise unknown_name("dataset", name, list_datasets())
     return _AUGMENTATION.get(name, Augmentation())
 
 
@@ -72,8 +77,13 @@ def load_dataset(
     `synthetic` takes `num_samples`, `shape`, `num_classes`, `seed`; the other datasets take no keywords.
     `fashion_mnist_mini` is read from the files packaged with prunekit, whatever `root` and `download` say.
     """
+    if name in IMAGE_FOLDERS:
+        raise ConfigError(
+            f"{name!r} is a folder of encoded images: use build_loaders({name!r}, ...) or ImageFolderLoader, "
+            "which decode batches in worker processes"
+        )
     if name not in _SOURCES:
-        raise unknown_name("dataset", name, list(_SOURCES))
+        raise unknown_name("dataset", name, list_datasets())
     if split not in SPLITS:
         raise unknown_name("split", split, SPLITS)
     if name == "synthetic":

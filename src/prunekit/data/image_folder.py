@@ -108,6 +108,16 @@ class ImageFolder(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """Per-image shape (C, H, W) after the crop."""
+        return 3, self.image_size, self.image_size
+
+    def limit(self, n: int) -> None:
+        """Keep n images spread evenly over the (class-sorted) list, so every class stays represented."""
+        step = max(1, len(self.samples) // n)
+        self.samples = self.samples[::step][:n]
+
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int]:
         epoch, index = item
         path, label = self.samples[index]
@@ -166,6 +176,11 @@ class ImageFolderLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
+
+    def limit(self, n: int) -> None:
+        """Use only n images of the split (spread over the classes): quick runs and tests."""
+        self.dataset.limit(n)
+        self.num_samples = len(self._order())
 
     def __len__(self) -> int:
         if self.drop_last:

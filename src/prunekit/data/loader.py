@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from prunekit.data.augment import crop_flip, draw_crop_flip, normalization_constants, normalize
-from prunekit.data.catalog import load_dataset, standard_augmentation
+from prunekit.data.catalog import IMAGE_FOLDERS, load_dataset, standard_augmentation
 from prunekit.data.dataset import ImageTensorDataset
 from prunekit.errors import ConfigError
 
@@ -146,13 +146,30 @@ def build_loaders(
     eval_batch_size: int | None = None,
     limit_train: int | None = None,
     limit_test: int | None = None,
+    normalize: bool = True,
     **dataset_kw: Any,
 ) -> tuple[DeviceLoader, DeviceLoader, ImageTensorDataset]:
     """(train loader with the dataset's standard augmentation, test loader, train split).
 
     `limit_*` keep the first n samples (the official files are already in random order). For
-    `synthetic`, `seed` also seeds the generated data.
+    `synthetic`, `seed` also seeds the generated data. `normalize=False` gives pixels in [0, 1] (what
+    scripts using only `ToTensor()` trained on, e.g. DeepHoyer's MNIST models).
     """
+    if name in IMAGE_FOLDERS:
+        return _image_folder_loaders(
+            name,
+            batch_size,
+            device=device,
+            root=root,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            eval_batch_size=eval_batch_size,
+            limit_train=limit_train,
+            limit_test=limit_test,
+            normalize=normalize,
+            **dataset_kw,
+        )
     if name == "synthetic":
         dataset_kw.setdefault("seed", seed)
     train_set = load_dataset(name, "train", root=root, download=download, **dataset_kw)
@@ -172,6 +189,7 @@ def build_loaders(
         device=device,
         crop_padding=aug.crop_padding,
         flip=aug.flip,
+        normalize=normalize,
         seed=seed,
         rank=rank,
         world_size=world_size,
@@ -181,8 +199,42 @@ def build_loaders(
         eval_batch_size or batch_size,
         train=False,
         device=device,
+        normalize=normalize,
         seed=seed,
         rank=rank,
         world_size=world_size,
     )
     return train, test, train_set
+
+
+def _image_folder_loaders(
+    name: str,
+    batch_size: int,
+    *,
+    device: torch.device | str,
+    root: str | Path | None,
+    seed: int,
+    rank: int,
+    world_size: int,
+    eval_batch_size: int | None,
+    limit_train: int | None,
+    limit_test: int | None,
+    normalize: bool,
+    **kw: Any,
+) -> tuple[Any, Any, Any]:
+    from prunekit.data.image_folder import ImageFolderLoader  # PIL and worker machinery only when needed
+
+    if root is None:
+        raise ConfigError(
+            f"--data {name} needs --data-root: a folder holding train/ and val/ (ImageNet layout)"
+        )
+    folder = Path(root)
+    if name == "imagenet" and not (folder / "train").is_dir() and (folder / "imagenet" / "train").is_dir():
+        folder = folder / "imagenet"
+    common = {"device": device, "normalize": normalize, "seed": seed, "rank": rank, "world_size": world_size}
+    train = ImageFolderLoader(folder, "train", batch_size, train=True, **common, **kw)
+    test = ImageFolderLoader(folder, "val", eval_batch_size or batch_size, train=False, **common, **kw)
+    for loader, limit in ((train, limit_train), (test, limit_test)):
+        if limit is not None:
+            loader.limit(limit)
+    return train, test, train.dataset

@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 import torch.fx
 from torch import nn
+from torch.nn.utils import parametrize
 
 from prunekit.errors import unknown_name
 from prunekit.models.layers import ZeroPadShortcut
@@ -39,6 +40,8 @@ def _foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
     for node in graph.nodes:
         if node.op != "call_module" or not isinstance(modules[node.target], nn.BatchNorm2d):
             continue
+        if modules[node.target].running_mean is None:  # track_running_stats=False: batch statistics
+            continue
         if len(node.args) != 1 or node.kwargs:
             continue
         src = node.args[0]
@@ -49,8 +52,18 @@ def _foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
         # A module called from two places shares its weights between them: folding would change both.
         if calls[node.target] != 1 or calls[src.target] != 1:
             continue
+        if _recomputes_weight(modules[src.target]) or _recomputes_weight(modules[node.target]):
+            continue
         pairs.append((src.target, node.target))
     return pairs
+
+
+def _recomputes_weight(module: nn.Module) -> bool:
+    # Masks (torch.nn.utils.prune) and parametrizations rebuild `weight` on every call, so an edit to it
+    # would be overwritten or land on the wrong tensor; hooks may change inputs or outputs in any way.
+    return (
+        parametrize.is_parametrized(module) or bool(module._forward_pre_hooks) or bool(module._forward_hooks)
+    )
 
 
 @torch.no_grad()
@@ -84,10 +97,7 @@ def fold_batchnorm(model: nn.Module) -> nn.Module:
         )
         return folded
     for conv_name, bn_name in pairs:
-        bn = folded.get_submodule(bn_name)
-        if bn.running_mean is None:  # track_running_stats=False normalises with batch statistics
-            continue
-        _fold_into(folded.get_submodule(conv_name), bn)
+        _fold_into(folded.get_submodule(conv_name), folded.get_submodule(bn_name))
         parent_name, _, attr = bn_name.rpartition(".")
         setattr(folded.get_submodule(parent_name), attr, nn.Identity())
     return folded

@@ -119,6 +119,8 @@ def hrank_scores(
     for tap in taps:
         slices[modules[tap.module]][(tap.start, tap.stop)].append(tap.conv)
     names = {module: name for name, module in modules.items()}
+    # Integer rank sums on the model's device, divided once at the end: the exact mean, which HRank's
+    # float32 running mean only approximates.
     totals: dict[str, Tensor] = {}
     calls: dict[nn.Module, int] = defaultdict(int)
 
@@ -136,7 +138,7 @@ def hrank_scores(
 
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     handles = [module.register_forward_hook(hook) for module in slices]
-    training = model.training
+    training = {module: module.training for module in modules.values()}
     seen = 0
     try:
         model.eval()
@@ -149,7 +151,8 @@ def hrank_scores(
                 if seen >= n_images:
                     break
     finally:
-        model.train(training)
+        for module, flag in training.items():
+            module.train(flag)
         for handle in handles:
             handle.remove()
     if seen == 0:
@@ -276,6 +279,12 @@ class HRankOptions:
     # How the pipeline fine-tunes: "oneshot" (HRankPlus: prune, then one fine-tune) or "layerwise"
     # (original HRank: one mask-and-fine-tune stage per entry, §3.1).
     schedule: Literal["oneshot", "layerwise"] = "oneshot"
+    # One-shot only: "remove" prunes physically (HRankPlus); "mask" zeroes the filters as HRank's own
+    # code does, then removes only the channels that are truly dead (`prunekit.layerwise`). The
+    # layerwise schedule always masks.
+    mode: Literal["remove", "mask"] = "remove"
+    # HRank fine-tunes even the stages whose entry prunes nothing; True skips them (layerwise only).
+    skip_zero_rate_stages: bool = False
 
     def __post_init__(self) -> None:
         parse_selection(PRESETS.get(self.rates.strip(), self.rates))  # syntax errors now, length at plan

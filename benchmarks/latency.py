@@ -1,0 +1,290 @@
+"""CPU latency of dense vs pruned ResNet-56 in deployed form: does a MAC cut become a latency cut?
+
+Issue 3 §8. One run builds, from the same randomly initialised ResNet-56 (option A):
+
+- ``dense``;
+- ``L1 2x`` and ``L1 4x``: the L1 criterion at one uniform ratio over every prunable layer, residual
+  stages included, chosen as the ratio whose MACs come closest to 0.5 and 0.25 of the dense MACs (the
+  16/32/64 widths move in steps, so the exact fractions are not reachable; the reached MACs are printed);
+- ``low-rank NC ~2x``: every 3x3 stride-1 conv with as many inputs as outputs (all block convs but the
+  two downsampling ones; the 3-channel stem would barely shrink) decomposed with the NC scheme at one
+  rank fraction, chosen the same way to come closest to 0.5 of the dense MACs.
+
+All models are timed by `prunekit.measure.compare_latency`, interleaved round by round on the deployed
+form (BN folded, then `torch.jit.freeze` / `torch.compile` / eager per ``--mode``), one table per batch
+size, with the latency speed-up next to the MAC speed-up. The target is latency speed-up >= 0.7 x MAC
+speed-up at batch 64 for the channel-pruned models. For reference to specs/landscape.md §8 (which
+measured unfolded eager models) the dense and pruned models are also timed as given, in eager mode.
+
+Weights are random: latency does not depend on the values, only on the shapes.
+
+    python benchmarks/latency.py --threads 1 --batch-sizes 1,64
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from prunekit.measure import LatencyResult, compare_latency, cost
+from prunekit.methods import create_method
+from prunekit.methods.selection import MacCounter
+from prunekit.models import create
+from prunekit.surgery import apply_with_report, decompose
+
+INPUT_SHAPE = (3, 32, 32)
+TARGET_RATIO = 0.7  # latency speed-up / MAC speed-up required at batch 64
+TARGET_BATCH = 64
+DEPLOYED_FORM = {
+    "freeze": "BN folded + torch.jit.freeze",
+    "compile": "BN folded + torch.compile",
+    "eager": "BN folded, eager",
+}
+#: Candidate uniform ratios and rank fractions: k/64 reaches every width of a 16/32/64-channel net.
+GRID = tuple(k / 64 for k in range(1, 61))
+
+#: specs/landscape.md §8, ResNet-56 option B, eager (BN not folded), 1 thread: batch -> rows of
+#: (model, MAC speed-up, latency ms, latency speed-up).
+LANDSCAPE_EAGER = {
+    1: (("dense", 1.0, 7.33, 1.0), ("full 30 %", 2.10, 5.33, 1.38), ("full 50 %", 3.95, 3.81, 1.92)),
+    64: (("dense", 1.0, 277.0, 1.0), ("full 30 %", 2.10, 161.0, 1.72), ("full 50 %", 3.95, 101.0, 2.75)),
+}
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    model: nn.Module
+    macs: int
+    detail: str  # how it was built
+
+
+def closest(candidates: Sequence[float], fraction_of: dict[float, float], target: float) -> float:
+    return min(candidates, key=lambda c: (abs(fraction_of[c] - target), c))
+
+
+def l1_pruned(model: nn.Module, example: torch.Tensor, target: float) -> Variant:
+    """L1 at the uniform ratio whose MACs come closest to `target` x dense."""
+    counter = MacCounter(model, example)
+    names = [name for group in counter.groups for name in group]
+    fraction_of = {r: counter.analytic(dict.fromkeys(names, r)) / counter.dense for r in GRID}
+    ratio = closest(GRID, fraction_of, target)
+    plan = create_method("l1", rates=repr(ratio)).plan(model, example)
+    pruned, report = apply_with_report(model, plan, example)
+    widths = sorted({report.widths_after[name] for name in names})
+    name = f"L1 {round(1 / target)}x"
+    detail = f"uniform ratio {ratio:.4f} over {len(names)} layers, widths {widths}"
+    return Variant(name, pruned.eval(), report.macs_after, detail)
+
+
+def decomposable(model: nn.Module) -> list[str]:
+    """3x3 stride-1 convs with as many inputs as outputs."""
+    return [
+        name
+        for name, m in model.named_modules()
+        if type(m) is nn.Conv2d
+        and m.kernel_size == (3, 3)
+        and m.stride == (1, 1)
+        and m.groups == 1
+        and m.in_channels == m.out_channels
+    ]
+
+
+def low_rank(model: nn.Module, target: float, dense_macs: int) -> Variant:
+    """NC decomposition of `decomposable` convs at rank round(f * width), f closest to `target` x dense.
+
+    A rank-r NC factor of an n x c x 3 x 3 conv costs r (9c + n) MACs per position instead of 9cn."""
+    layers = decomposable(model)
+    convs = {name: model.get_submodule(name) for name in layers}
+    layer_macs = {row.name: row.macs for row in cost(model, INPUT_SHAPE).layers if row.name in convs}
+
+    def ranks(f: float) -> dict[str, int]:
+        return {name: max(1, round(f * conv.out_channels)) for name, conv in convs.items()}
+
+    def macs_at(f: float) -> float:
+        saved = 0.0
+        for name, rank in ranks(f).items():
+            n, c = convs[name].out_channels, convs[name].in_channels
+            saved += layer_macs[name] * (1 - rank * (9 * c + n) / (9 * c * n))
+        return (dense_macs - saved) / dense_macs
+
+    fraction_of = {f: macs_at(f) for f in GRID}
+    f = closest(GRID, fraction_of, target)
+    decomposed = decompose(model, {name: ("NC", rank) for name, rank in ranks(f).items()}).eval()
+    detail = f"rank {f:.4f} x width ({sorted(set(ranks(f).values()))}) on {len(layers)} 3x3 stride-1 convs"
+    return Variant(
+        f"low-rank NC ~{round(1 / target)}x", decomposed, cost(decomposed, INPUT_SHAPE).macs, detail
+    )
+
+
+def build_variants(seed: int) -> list[Variant]:
+    torch.manual_seed(seed)
+    dense = create("resnet56").eval()
+    dense_macs = cost(dense, INPUT_SHAPE).macs
+    example = torch.randn(1, *INPUT_SHAPE)
+    return [
+        Variant("dense", dense, dense_macs, "resnet56 option A"),
+        l1_pruned(dense, example, 0.5),
+        l1_pruned(dense, example, 0.25),
+        low_rank(dense, 0.5, dense_macs),
+    ]
+
+
+def round_medians(result: LatencyResult, rounds: int) -> list[float]:
+    per_round = len(result.samples) // rounds
+    chunks = [sorted(result.samples[i * per_round : (i + 1) * per_round]) for i in range(rounds)]
+    return [chunk[len(chunk) // 2] for chunk in chunks]
+
+
+def speedups(
+    variants: Sequence[Variant], results: dict[str, LatencyResult]
+) -> dict[str, tuple[float, float]]:
+    """(MAC speed-up, latency speed-up) of each variant over the first (dense) one."""
+    dense = variants[0]
+    base = results[dense.name].median_ms
+    return {v.name: (dense.macs / v.macs, base / results[v.name].median_ms) for v in variants}
+
+
+def table(
+    variants: Sequence[Variant], results: dict[str, LatencyResult], rounds: int, target: bool
+) -> list[str]:
+    """Rows: MACs, speed-ups, median ± IQR of all samples and the range of the per-round medians.
+
+    "latency x" is the ratio of the medians of all samples; "best-round x" that of the fastest round
+    medians (the min-of-medians protocol of specs/landscape.md §8), less sensitive to a loaded machine."""
+    ups = speedups(variants, results)
+    header = (
+        "model",
+        "MACs",
+        "MAC x",
+        "median ms",
+        "± IQR",
+        "round medians",
+        "latency x",
+        "best-round x",
+        "lat x / MAC x",
+    )
+    best_dense = min(round_medians(results[variants[0].name], rounds))
+    rows = [header]
+    for v in variants:
+        r = results[v.name]
+        mac_x, lat_x = ups[v.name]
+        per_round = round_medians(r, rounds)
+        verdict = (
+            "" if v is variants[0] or not target else ("  ok" if lat_x / mac_x >= TARGET_RATIO else "  LOW")
+        )
+        rows.append(
+            (
+                v.name,
+                f"{v.macs / 1e6:.2f} M",
+                f"{mac_x:.2f}",
+                f"{r.median_ms:.3f}",
+                f"{r.spread_ms:.3f}",
+                f"{min(per_round):.2f}-{max(per_round):.2f}",
+                f"{lat_x:.2f}",
+                f"{best_dense / min(per_round):.2f}",
+                f"{lat_x / mac_x:.2f}{verdict}",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in rows
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def load() -> str:
+    one, five, _ = os.getloadavg()
+    return f"load average {one:.2f} (1 min), {five:.2f} (5 min) on {os.cpu_count()} CPUs"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--batch-sizes", default="1,64", help="comma separated, e.g. 1,64")
+    parser.add_argument("--mode", choices=("freeze", "compile", "eager"), default="freeze")
+    parser.add_argument("--rounds", type=int, default=10, help="interleaved rounds (A B C D A B C D ...)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed forwards per model (default 100, 40 at batch >= 16)"
+    )
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="2 rounds, 10 repeats: a smoke run")
+    parser.add_argument("--no-eager-reference", action="store_true", help="skip the unfolded eager timings")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    rounds = 2 if args.quick else args.rounds
+
+    def repeats(batch: int) -> int:
+        if args.quick:
+            return 10
+        return args.repeats if args.repeats is not None else (100 if batch < 16 else 40)
+
+    print(f"torch {torch.__version__}, {args.threads} thread(s), mode {args.mode}, {rounds} rounds; {load()}")
+    print(f"weights are random (seed {args.seed}): latency depends on shapes only, not on values")
+    variants = build_variants(args.seed)
+    models = {v.name: v.model for v in variants}
+    for v in variants:
+        print(f"  {v.name:<18} {v.macs:>12,} MACs  {v.detail}")
+
+    for batch in batch_sizes:
+        n = repeats(batch)
+        results = compare_latency(
+            models,
+            INPUT_SHAPE,
+            batch_size=batch,
+            threads=args.threads,
+            mode=args.mode,
+            warmup=args.warmup,
+            repeats=n,
+            rounds=rounds,
+        )
+        print(
+            f"\nbatch {batch}, deployed ({DEPLOYED_FORM[args.mode]}), {n} timed forwards per model; {load()}"
+        )
+        print("\n".join(table(variants, results, rounds, batch == TARGET_BATCH)))
+        if batch == TARGET_BATCH:
+            ratios = {name: lat_x / mac_x for name, (mac_x, lat_x) in speedups(variants, results).items()}
+            channel = [v.name for v in variants[1:3]]
+            verdict = "PASS" if all(ratios[name] >= TARGET_RATIO for name in channel) else "FAIL"
+            shown = "; ".join(f"{v.name} {ratios[v.name]:.2f}" for v in variants[1:])
+            print(
+                f"target latency x >= {TARGET_RATIO} MAC x at batch {TARGET_BATCH} ({', '.join(channel)}): "
+                f"{verdict}  [{shown}]"
+            )
+
+        if not args.no_eager_reference:
+            reference = {v.name: v.model for v in variants[:3]}
+            eager = compare_latency(
+                reference,
+                INPUT_SHAPE,
+                batch_size=batch,
+                threads=args.threads,
+                deployed=False,
+                warmup=args.warmup,
+                repeats=n,
+                rounds=rounds,
+            )
+            print(f"\nbatch {batch}, eager as given (BN not folded), for specs/landscape.md §8; {load()}")
+            print("\n".join(table(variants[:3], eager, rounds, False)))
+            if batch in LANDSCAPE_EAGER:
+                shown = "; ".join(
+                    f"{name} ({mac:.2f}x MACs) {ms:g} ms, {lat:.2f}x"
+                    for name, mac, ms, lat in LANDSCAPE_EAGER[batch]
+                )
+                print(f"landscape §8 (option B, eager, 1 thread): {shown}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,428 @@
+"""HRank's masked schedules and the real removal that follows them (specs/hrank.md §3.1, §2.2, §5).
+
+HRank's own code never shrinks a network: it zeroes each pruned filter (the conv's weight and bias, and
+the γ and β of the BatchNorm channels it feeds) and fine-tunes the full-width model, one stage per
+compress_rate entry (`layerwise_prune`), or, as the one-shot ``mode="mask"``, all entries at once
+(`mask_prune`). Its FLOPs counter credits those zeros as removed. `remove_dead_channels` then removes
+the channels that are truly dead (`zero_channel_plan` → `surgery.apply`), checks that the smaller model
+computes the same outputs, and keeps the rest as recorded masks — e.g. a residual block's conv2 filters,
+whose output channel stays alive through the identity shortcut. `hrank_run` is the pipeline's entry:
+it reports both counts, the paper's (`hrank_legacy_count`) and the true MACs of the smaller model.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.errors import ConfigError, SurgeryError
+from prunekit.measure import CONVENTION, cost
+from prunekit.measure.hrank_counter import LegacyCost, hrank_legacy_count
+from prunekit.methods.base import Plan
+from prunekit.methods.deephoyer import zero_channel_plan
+from prunekit.methods.hrank import HRank, hrank_scores, hrank_select
+from prunekit.methods.hrank_arch import ArchLayout, compress_rates, layout_for
+from prunekit.models.layers import ZeroPadShortcut
+from prunekit.surgery import MaskSet, apply, attach, fold, record_masks
+from prunekit.surgery.graph import ChannelGraph
+from prunekit.train import TrainConfig, fit
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+STAGES_LOG = "stages.jsonl"
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One entry of the compress_rate: its convs, rate, kept filters per conv, and the best validation
+    top-1 of its fine-tuning (None when the stage was skipped)."""
+
+    entry: int
+    layers: tuple[str, ...]
+    rate: float
+    kept: dict[str, int]
+    best_top1: float | None
+    trained: bool
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "entry": self.entry,
+            "layers": list(self.layers),
+            "rate": self.rate,
+            "kept": self.kept,
+            "best_top1": self.best_top1,
+            "trained": self.trained,
+        }
+
+
+@dataclass
+class LayerwiseResult:
+    """A full-width model whose pruned filters are exactly zero, the masks that keep them so, and the
+    stages that produced it (none for the one-shot mask)."""
+
+    model: nn.Module
+    masks: MaskSet
+    stages: list[Stage] = field(default_factory=list)
+
+
+@dataclass
+class HRankOutcome:
+    """What `hrank_run` hands the pipeline: the model to evaluate and save (physically smaller; remaining
+    masks recorded), whether it still needs the fine-tune stage, and both counts of the pruning."""
+
+    model: nn.Module
+    masks: MaskSet | None
+    needs_finetune: bool
+    legacy_flops: int
+    legacy_params: int
+    true_macs: int
+    true_params: int
+    removed_channels: dict[str, int]
+    stages: list[Stage]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "legacy_flops": self.legacy_flops,
+            "legacy_params": self.legacy_params,
+            "legacy_counter": LegacyCost(0, 0).counter,
+            "true_macs": self.true_macs,
+            "true_params": self.true_params,
+            "true_convention": CONVENTION,
+            "removed_channels": self.removed_channels,
+            "masked_params": sorted(self.masks) if self.masks else [],
+            "stages": [stage.to_json() for stage in self.stages],
+        }
+
+
+# ---------------------------------------------------------------- HRank's filter masks
+
+
+def fed_batchnorms(model: nn.Module, conv: str, example: Tensor) -> dict[str, Tensor]:
+    """``{bn: source}`` for every BatchNorm that `conv`'s outputs reach before any other conv or linear:
+    ``source[j]`` is the conv channel normalised by the BN's channel j, or -1.
+
+    This is the conv's own BN, and for DenseNet every later BN of the block, which sees the channel
+    through the concatenations (HRank's "running concat" mask). Found by running the model once with
+    conv channel c emitting the constant c + 1 and every other conv, linear and BN emitting zeros: a
+    BN's input then carries c + 1 exactly where channel c arrives through ReLU, pooling, concatenation,
+    residual adds or index-mapping shortcuts — whatever the forward does, without reading its code.
+    """
+    modules = dict(model.named_modules())
+    target = modules[conv]
+    if not isinstance(target, nn.Conv2d):
+        raise ConfigError(f"HRank prunes Conv2d filters; {conv!r} is a {type(target).__name__}")
+    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    code = torch.arange(1, target.out_channels + 1, dtype=torch.float32, device=device)
+    inputs: dict[str, Tensor] = {}
+
+    def emit(_m: nn.Module, _i: Any, out: Tensor) -> Tensor:
+        return code.view(1, -1, *([1] * (out.dim() - 2))).expand_as(out).clone()
+
+    def silence(_m: nn.Module, _i: Any, out: Tensor) -> Tensor:
+        return torch.zeros_like(out)
+
+    def watch(name: str) -> Any:
+        def hook(_m: nn.Module, args: tuple[Tensor, ...]) -> None:
+            inputs[name] = args[0].detach().transpose(0, 1).flatten(1)  # (C, everything else)
+
+        return hook
+
+    handles = []
+    for name, module in modules.items():
+        if module is target:
+            handles.append(module.register_forward_hook(emit))
+        elif isinstance(module, (nn.Conv2d, nn.Linear, *_BATCHNORMS)):
+            if isinstance(module, _BATCHNORMS):
+                handles.append(module.register_forward_pre_hook(watch(name)))
+            handles.append(module.register_forward_hook(silence))
+    training = {module: module.training for module in modules.values()}
+    try:
+        with torch.no_grad():
+            model.eval()(example[:1].to(device))
+    finally:
+        for module, flag in training.items():
+            module.train(flag)
+        for handle in handles:
+            handle.remove()
+
+    fed: dict[str, Tensor] = {}
+    for name, seen in inputs.items():
+        high, low = seen.amax(1), seen.amin(1)
+        source = high.round().long() - 1
+        reached = high != 0
+        if not reached.any():
+            continue
+        # Two channels summed into one, or a scaling op on the way: the channel is not a copy of one filter.
+        if not bool(((high == low) & (high == high.round()) & (source < target.out_channels))[reached].all()):
+            raise ConfigError(
+                f"cannot tell which filters of {conv!r} BatchNorm {name!r} normalises (its input mixes or "
+                "scales them); HRank masks need each BN channel to carry one filter's output"
+            )
+        fed[name] = torch.where(reached, source, -1).cpu()
+    return fed
+
+
+def filter_masks(model: nn.Module, kept: Mapping[str, Sequence[int]], example: Tensor) -> MaskSet:
+    """HRank's masks (§2.2) for keeping ``kept[conv]`` filters of each conv: the pruned filters' weight
+    rows and bias entries, and γ, β of the BatchNorm channels they feed (`fed_batchnorms`). BN running
+    statistics stay: with γ = β = 0 the BN outputs exactly 0 whatever they are."""
+    params = dict(model.named_parameters())
+    modules = dict(model.named_modules())
+    masks = MaskSet({})
+    for conv, indices in kept.items():
+        module = modules[conv]
+        keep = torch.zeros(module.out_channels, dtype=torch.bool)
+        keep[list(indices)] = True
+        if bool(keep.all()):
+            continue
+        rows = {f"{conv}.weight": keep} | ({f"{conv}.bias": keep} if module.bias is not None else {})
+        for bn, source in fed_batchnorms(model, conv, example).items():
+            bn_keep = ~torch.isin(source, (~keep).nonzero().flatten())
+            # A BN without affine parameters cannot be zeroed; its channel stays masked-only upstream.
+            rows |= {f"{bn}.{p}": bn_keep for p in ("weight", "bias") if f"{bn}.{p}" in params}
+        masks = masks & MaskSet({k: v.cpu() for k, v in MaskSet.from_groups(model, rows).items()})
+    return masks
+
+
+# ---------------------------------------------------------------- schedules
+
+
+def _entries(layout: ArchLayout, rates_spec: str) -> list[tuple[int, tuple[str, ...], float]]:
+    # Entries that name no conv (VGG's 13th) are read but never pruned: no stage, as in HRank.
+    rates = compress_rates(rates_spec, layout)
+    return [
+        (k, convs, rate) for k, (convs, rate) in enumerate(zip(layout.entries, rates, strict=True)) if convs
+    ]
+
+
+def _ensure_scores(
+    model: nn.Module, method: HRank, layout: ArchLayout, source: Tensor | Iterable[Any]
+) -> None:
+    """Rank once, on the dense model, before any mask (HRank issue #15)."""
+    if method.scores is None:
+        method.scores = hrank_scores(
+            model, source, layout.taps, n_images=method.options.n_images, batch_size=method.options.batch_size
+        )
+
+
+def _example(calib: Tensor | None, train: Iterable[Any] | None) -> Tensor:
+    if calib is not None:
+        return calib[:1]
+    for batch in train or ():
+        return (batch if isinstance(batch, Tensor) else batch[0])[:1].cpu()
+    raise ConfigError("HRank needs images to trace the model: calib is None and the training loader is empty")
+
+
+def _kept(method: HRank, convs: Sequence[str], rate: float) -> dict[str, list[int]]:
+    assert method.scores is not None
+    return {conv: hrank_select(method.scores[conv], rate, method.options.tie_break, conv) for conv in convs}
+
+
+def mask_prune(model: nn.Module, method: HRank, calib: Tensor) -> LayerwiseResult:
+    """One-shot masked HRank: every entry's filters zeroed at once on a copy of `model`."""
+    layout = layout_for(model)
+    _ensure_scores(model, method, layout, calib)
+    masked = copy.deepcopy(model)
+    kept: dict[str, list[int]] = {}
+    for _, convs, rate in _entries(layout, method.options.rates):
+        kept |= _kept(method, convs, rate)
+    masks = filter_masks(masked, kept, calib[:1])
+    return LayerwiseResult(fold(masked, masks), masks)
+
+
+def layerwise_prune(
+    model: nn.Module,
+    method: HRank,
+    train: Iterable[Any],
+    val: Iterable[Any],
+    stage_cfg: TrainConfig,
+    *,
+    calib: Tensor | None = None,
+    run_dir: str | Path | None = None,
+    progress: bool | None = False,
+    device: str | torch.device | None = None,
+    skip_zero_rate_stages: bool | None = None,
+) -> LayerwiseResult:
+    """The original HRank schedule (§3.1) on a copy of `model`: rank once on the dense model (`calib`,
+    else the training loader), then for each compress_rate entry in order add its filter masks, fine-tune
+    `stage_cfg.epochs` epochs with the masks re-applied after every step, and continue from the stage's
+    best-validation weights. Stages that prune nothing still train, as in HRank, unless
+    `skip_zero_rate_stages` (default: the method's option). Each stage trains with its own seed
+    (``stage_cfg.seed + entry``) so stages do not replay one shuffle order. With `run_dir`, stage k's
+    training log goes to ``stage{k:03d}/`` and its record to ``stages.jsonl``."""
+    skip = method.options.skip_zero_rate_stages if skip_zero_rate_stages is None else skip_zero_rate_stages
+    layout = layout_for(model)
+    _ensure_scores(model, method, layout, calib if calib is not None else train)
+    example = _example(calib, train)
+    model = copy.deepcopy(model)
+    masks = MaskSet({})
+    stages: list[Stage] = []
+    for entry, convs, rate in _entries(layout, method.options.rates):
+        kept = _kept(method, convs, rate)
+        masks = masks & filter_masks(model, kept, example)
+        prunes = any(len(k) < dict(model.named_modules())[c].out_channels for c, k in kept.items())
+        handle = attach(model, masks)  # zeroes the new filters now, and every gradient of a masked weight
+        try:
+            best = None
+            if prunes or not skip:
+                stage_dir = Path(run_dir) / f"stage{entry:03d}" if run_dir is not None else None
+                cfg = replace(stage_cfg, seed=stage_cfg.seed + entry)
+                best = _fine_tune_stage(model, train, val, cfg, handle, stage_dir, progress, device)
+        finally:
+            handle.remove()
+        stage = Stage(entry, convs, rate, {c: len(k) for c, k in kept.items()}, best, prunes or not skip)
+        stages.append(stage)
+        if run_dir is not None:
+            with open(Path(run_dir) / STAGES_LOG, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(stage.to_json()) + "\n")
+    return LayerwiseResult(fold(model, masks), masks, stages)
+
+
+def _fine_tune_stage(
+    model: nn.Module,
+    train: Iterable[Any],
+    val: Iterable[Any],
+    cfg: TrainConfig,
+    handle: Any,
+    run_dir: Path | None,
+    progress: bool | None,
+    device: str | torch.device | None,
+) -> float | None:
+    """Fine-tune one stage and leave `model` at its best-validation epoch (HRank selects every stage on
+    the test set); returns that accuracy."""
+    best: dict[str, Any] = {"top1": None, "state": None}
+
+    def keep_best(record: dict[str, Any]) -> None:
+        top1 = record.get("val_top1")
+        if top1 is not None and (best["top1"] is None or top1 > best["top1"]):
+            best["top1"] = top1
+            best["state"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    fit(
+        model,
+        train,
+        val,
+        cfg,
+        method=handle,
+        run_dir=run_dir,
+        progress=progress,
+        device=device,
+        on_epoch_end=keep_best,
+    )
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    return best["top1"]
+
+
+# ---------------------------------------------------------------- real removal and counts
+
+
+def remove_dead_channels(
+    model: nn.Module, masks: Mapping[str, Tensor], example: Tensor
+) -> tuple[nn.Module, MaskSet | None, dict[str, int]]:
+    """A copy of masked `model` with every channel whose output is exactly zero removed physically, the
+    masks still needed on it (recorded, so a saved file keeps them), and the channels removed per layer.
+    Raises `SurgeryError` if the smaller model does not compute the masked model's outputs."""
+    masked = copy.deepcopy(model).to("cpu").eval()
+    example = example.to("cpu")
+    record_masks(masked, masks)
+    plan = _keep_shortcut_fed(masked, zero_channel_plan(masked, example[:1]), example[:1])
+    # `apply` narrows the recorded masks with the weights (the masked elements are zero).
+    smaller = apply(masked, plan, example[:1]).eval() if plan else masked
+    with torch.no_grad():
+        expected, got = masked(example), smaller(example)
+    tolerance = 1e-5 * max(1.0, float(expected.abs().max()))
+    if not torch.allclose(expected, got, rtol=1e-4, atol=tolerance):
+        raise SurgeryError(
+            "removing the zeroed channels changed the outputs (max difference "
+            f"{float((expected - got).abs().max()):.3g}); layers: {', '.join(sorted(plan))}"
+        )
+    widths = {name: m.out_channels for name, m in masked.named_modules() if isinstance(m, nn.Conv2d)}
+    removed = {name: widths[name] - len(kept) for name, kept in plan.items() if name in widths}
+    remaining = getattr(smaller, "prunekit_masks", None)
+    if remaining is not None and all(bool(m.all()) for m in remaining.values()):
+        remaining = None
+    return smaller, remaining, removed
+
+
+def _keep_shortcut_fed(model: nn.Module, plan: Plan, example: Tensor) -> Plan:
+    """`plan` without the channels an option-A shortcut writes into. `zero_channel_plan` only looks at
+    the prunable layers of a coupling group, but a `ZeroPadShortcut` adds the previous stage's channel
+    ``src[i]`` into channel ``dst[i]`` of the stream: that channel is alive even when every conv2 of the
+    stage has its filter zeroed."""
+    graph = ChannelGraph(model, example)
+    fixed: Plan = {}
+    for name, kept in plan.items():
+        width = graph.out_channels(name)
+        alive = set(kept)
+        for dep, idxs in graph.group(name, range(width)):
+            shortcut = dep.target.module
+            if isinstance(shortcut, ZeroPadShortcut) and graph.dg.is_out_channel_pruning_fn(dep.handler):
+                written = set(shortcut.dst.tolist())
+                # The group's channels in root order, as the shortcut's output indices (an add keeps them).
+                alive |= {c for c, idx in zip(range(width), idxs, strict=True) if idx in written}
+        if len(alive) < width:
+            fixed[name] = sorted(alive)
+    return fixed
+
+
+def hrank_run(
+    model: nn.Module,
+    method: HRank,
+    train: Iterable[Any],
+    val: Iterable[Any],
+    finetune: TrainConfig | None,
+    *,
+    calib: Tensor,
+    run_dir: str | Path | None = None,
+    progress: bool | None = False,
+    device: str | torch.device | None = None,
+) -> HRankOutcome:
+    """HRank as the pipeline runs it: the one-shot removal (HRankPlus), the one-shot mask, or the
+    layerwise schedule with `finetune` as each stage's config; masked results lose their dead channels
+    (`remove_dead_channels`). Reports HRank's counter and the true cost of the returned model."""
+    options = method.options
+    layerwise = options.schedule == "layerwise"
+    shape = tuple(calib.shape[1:])
+    stages: list[Stage] = []
+    removed: dict[str, int] = {}
+    if layerwise or options.mode == "mask":
+        if layerwise:
+            if finetune is None:
+                raise ConfigError(
+                    "layerwise HRank fine-tunes after every entry: give the epochs per stage "
+                    "(--finetune-epochs N)"
+                )
+            result = layerwise_prune(
+                model,
+                method,
+                train,
+                val,
+                finetune,
+                calib=calib,
+                run_dir=run_dir,
+                progress=progress,
+                device=device,
+            )
+            stages = result.stages
+        else:
+            result = mask_prune(model, method, calib)
+        smaller, masks, removed = remove_dead_channels(result.model, result.masks, calib[:16])
+    else:
+        smaller, masks = apply(model, method.plan(model, calib), calib[:1]), None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback-taps notice was given when ranking
+        layout = layout_for(model)
+    conv_rates = {conv: rate for _, convs, rate in _entries(layout, options.rates) for conv in convs}
+    legacy = hrank_legacy_count(model, shape, conv_rates, layout.legacy_inputs)
+    true = cost(smaller, shape)
+    return HRankOutcome(
+        smaller, masks, not layerwise, legacy.flops, legacy.params, true.macs, true.params, removed, stages
+    )
