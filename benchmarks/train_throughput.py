@@ -12,7 +12,7 @@ images/s and CPU ms/image are medians over epochs.
 A warm-up step per pipeline is excluded from the timing. On CUDA the time of a 50k-image ResNet-56 epoch
 is printed too. Results and their reading: docs/benchmarks.md.
 
-    python benchmarks/train_throughput.py --models resnet20,resnet56 --images 1024 --epochs 2 --threads 2
+    python benchmarks/train_throughput.py --models resnet20,resnet56 --images 512 --epochs 6 --threads 2
 """
 
 from __future__ import annotations
@@ -154,11 +154,13 @@ class FitTrainer:
         return self.loader.num_samples, result.history[-1]["epoch_time_s"], cpu_seconds() - cpu_start
 
 
-def data_path_only(loader: DataLoader | DeviceLoader) -> tuple[float, float]:
+def data_path_only(loader: DataLoader | DeviceLoader, device: torch.device) -> tuple[float, float]:
     """(images/s, CPU ms per image) of one pass over the loader with no training, after an untimed pass."""
     sum(len(y) for _, y in loader)
+    sync(device)
     start, cpu_start = time.perf_counter(), cpu_seconds()
-    images = sum(len(y) for _, y in loader)
+    images = sum(len(x.to(device, non_blocking=True)) for x, _ in loader)
+    sync(device)
     return images / (time.perf_counter() - start), 1e3 * (cpu_seconds() - cpu_start) / images
 
 
@@ -188,7 +190,7 @@ def run(args: argparse.Namespace) -> None:
     )
     lines = ["", "data path alone (no training):"]
     for name, loader in (("conventional", conventional_loader), ("prunekit", device_loader)):
-        rate, cpu_ms = data_path_only(loader)
+        rate, cpu_ms = data_path_only(loader, device)
         lines.append(f"  {name:<13} {rate:>9.0f} images/s {cpu_ms:>7.3f} CPU ms/image")
     header = _row(("model", "pipeline", "images", "wall s", "images/s", "CPU ms/img"))
     lines += ["", header, "-" * len(header)]

@@ -9,8 +9,8 @@ import torch.nn.utils.prune
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.measure.deploy import deploy, fold_batchnorm
-from prunekit.measure.latency import compare_latency, latency
+from prunekit.measure.deployment import deploy, fold_batchnorm
+from prunekit.measure.timing import compare_latency, latency
 from prunekit.models import create
 from prunekit.models.layers import ZeroPadShortcut
 

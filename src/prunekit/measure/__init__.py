@@ -12,8 +12,8 @@ from prunekit.measure.conventions import (
     thop_params,
 )
 from prunekit.measure.cost import CONVENTION, Cost, LayerCost, cost
-from prunekit.measure.deploy import deploy, fold_batchnorm
-from prunekit.measure.latency import LatencyResult, compare_latency, latency
+from prunekit.measure.deployment import deploy, fold_batchnorm
+from prunekit.measure.timing import LatencyResult, compare_latency, latency
 from prunekit.measure.sparsity import LayerSparsity, SparsityReport, sparsity_report
 
 __all__ = [

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.measure.deploy import DeployMode, deploy
+from prunekit.measure.deployment import DeployMode, deploy
 
 _MODE_WORDS = {
     "freeze": "BN folded + torch.jit.freeze",
