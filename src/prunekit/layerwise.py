@@ -13,9 +13,10 @@ it reports both counts, the paper's (`hrank_legacy_count`) and the true MACs of 
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -104,69 +105,100 @@ class HRankOutcome:
 # ---------------------------------------------------------------- HRank's filter masks
 
 
-def fed_batchnorms(model: nn.Module, conv: str, example: Tensor) -> dict[str, Tensor]:
-    """``{bn: source}`` for every BatchNorm that `conv`'s outputs reach before any other conv or linear:
-    ``source[j]`` is the conv channel normalised by the BN's channel j, or -1.
+def fed_batchnorms(model: nn.Module, example: Tensor) -> dict[str, dict[str, Tensor]]:
+    """``{conv: {bn: source}}``: the BatchNorms each conv's outputs reach before any other conv or
+    linear, where ``source[j]`` is the conv channel that the BN's channel j normalises, or -1.
 
     This is the conv's own BN, and for DenseNet every later BN of the block, which sees the channel
-    through the concatenations (HRank's "running concat" mask). Found by running the model once with
-    conv channel c emitting the constant c + 1 and every other conv, linear and BN emitting zeros: a
-    BN's input then carries c + 1 exactly where channel c arrives through ReLU, pooling, concatenation,
-    residual adds or index-mapping shortcuts — whatever the forward does, without reading its code.
+    through the concatenations (HRank's "running concat" mask). Found by running the model with every
+    conv channel emitting its own number (1, 2, ... over all convs) and every linear and BN emitting
+    zeros: a BN's input then carries a channel's number exactly where that channel arrives through ReLU,
+    pooling, concatenation, residual adds or index-mapping shortcuts, whatever the forward code does.
+    A second run with the numbers reversed tells one source from a sum of several (n + m = total + 1
+    only for a single source).
     """
-    modules = dict(model.named_modules())
-    target = modules[conv]
-    if not isinstance(target, nn.Conv2d):
-        raise ConfigError(f"HRank prunes Conv2d filters; {conv!r} is a {type(target).__name__}")
+    convs = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    starts = dict(
+        zip(
+            (name for name, _ in convs),
+            itertools.accumulate((m.out_channels for _, m in convs), initial=0),
+            strict=False,
+        )
+    )
+    total = sum(m.out_channels for _, m in convs)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    code = torch.arange(1, target.out_channels + 1, dtype=torch.float32, device=device)
-    inputs: dict[str, Tensor] = {}
+    numbers = torch.arange(1, total + 1, dtype=torch.float32, device=device)
+    forward = _numbered_forward(model, example[:1].to(device), starts)
+    seen, reverse = forward(numbers), forward(total + 1 - numbers)
 
-    def emit(_m: nn.Module, _i: Any, out: Tensor) -> Tensor:
-        return code.view(1, -1, *([1] * (out.dim() - 2))).expand_as(out).clone()
-
-    def silence(_m: nn.Module, _i: Any, out: Tensor) -> Tensor:
-        return torch.zeros_like(out)
-
-    def watch(name: str) -> Any:
-        def hook(_m: nn.Module, args: tuple[Tensor, ...]) -> None:
-            inputs[name] = args[0].detach().transpose(0, 1).flatten(1)  # (C, everything else)
-
-        return hook
-
-    handles = []
-    for name, module in modules.items():
-        if module is target:
-            handles.append(module.register_forward_hook(emit))
-        elif isinstance(module, (nn.Conv2d, nn.Linear, *_BATCHNORMS)):
-            if isinstance(module, _BATCHNORMS):
-                handles.append(module.register_forward_pre_hook(watch(name)))
-            handles.append(module.register_forward_hook(silence))
-    training = {module: module.training for module in modules.values()}
-    try:
-        with torch.no_grad():
-            model.eval()(example[:1].to(device))
-    finally:
-        for module, flag in training.items():
-            module.train(flag)
-        for handle in handles:
-            handle.remove()
-
-    fed: dict[str, Tensor] = {}
-    for name, seen in inputs.items():
-        high, low = seen.amax(1), seen.amin(1)
-        source = high.round().long() - 1
+    fed: dict[str, dict[str, Tensor]] = {}
+    for bn, maps in seen.items():
+        high, low = maps.amax(1), maps.amin(1)
         reached = high != 0
-        if not reached.any():
-            continue
-        # Two channels summed into one, or a scaling op on the way: the channel is not a copy of one filter.
-        if not bool(((high == low) & (high == high.round()) & (source < target.out_channels))[reached].all()):
+        single = (high == low) & (reverse[bn].amax(1) == reverse[bn].amin(1))
+        single &= (high + reverse[bn].amax(1) == total + 1) & (high == high.round())
+        if not bool(single[reached].all()):
             raise ConfigError(
-                f"cannot tell which filters of {conv!r} BatchNorm {name!r} normalises (its input mixes or "
-                "scales them); HRank masks need each BN channel to carry one filter's output"
+                f"cannot tell which conv filters BatchNorm {bn!r} normalises (its input sums or scales "
+                "several of them); HRank's masks need each BN channel to carry one filter's output"
             )
-        fed[name] = torch.where(reached, source, -1).cpu()
+        index = high.round().long() - 1  # position in the numbering of all conv channels
+        for conv, module in convs:
+            mine = reached & (index >= starts[conv]) & (index < starts[conv] + module.out_channels)
+            if bool(mine.any()):
+                fed.setdefault(conv, {})[bn] = torch.where(mine, index - starts[conv], -1).cpu()
     return fed
+
+
+def _numbered_forward(
+    model: nn.Module, example: Tensor, starts: Mapping[str, int]
+) -> Callable[[Tensor], dict[str, Tensor]]:
+    """A function running `model` with conv `c` emitting ``numbers[starts[c]:]`` as constant maps, linears
+    and BNs emitting zeros; returns every BN's input as (channels, everything else)."""
+    modules = dict(model.named_modules())
+
+    def run(numbers: Tensor) -> dict[str, Tensor]:
+        inputs: dict[str, Tensor] = {}
+
+        def emit(conv: str) -> Callable[..., Tensor]:
+            def hook(_m: nn.Module, _i: Any, out: Tensor) -> Tensor:
+                own = numbers[starts[conv] : starts[conv] + out.shape[1]]
+                return own.view(1, -1, *([1] * (out.dim() - 2))).expand_as(out).clone()
+
+            return hook
+
+        def silence(_m: nn.Module, _i: Any, out: Tensor) -> Tensor:
+            return torch.zeros_like(out)
+
+        def watch(bn: str) -> Callable[..., None]:
+            def hook(_m: nn.Module, args: tuple[Tensor, ...]) -> None:
+                inputs[bn] = args[0].detach().transpose(0, 1).flatten(1)
+
+            return hook
+
+        handles = []
+        for name, module in modules.items():
+            if name in starts:
+                handles.append(module.register_forward_hook(emit(name)))
+            elif isinstance(module, _BATCHNORMS):
+                handles += [
+                    module.register_forward_pre_hook(watch(name)),
+                    module.register_forward_hook(silence),
+                ]
+            elif isinstance(module, nn.Linear):
+                handles.append(module.register_forward_hook(silence))
+        training = {module: module.training for module in modules.values()}
+        try:
+            with torch.no_grad():
+                model.eval()(example)
+        finally:
+            for module, flag in training.items():
+                module.train(flag)
+            for handle in handles:
+                handle.remove()
+        return inputs
+
+    return run
 
 
 def filter_masks(model: nn.Module, kept: Mapping[str, Sequence[int]], example: Tensor) -> MaskSet:
@@ -175,6 +207,7 @@ def filter_masks(model: nn.Module, kept: Mapping[str, Sequence[int]], example: T
     statistics stay: with γ = β = 0 the BN outputs exactly 0 whatever they are."""
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
+    fed = fed_batchnorms(model, example)
     masks = MaskSet({})
     for conv, indices in kept.items():
         module = modules[conv]
@@ -183,7 +216,7 @@ def filter_masks(model: nn.Module, kept: Mapping[str, Sequence[int]], example: T
         if bool(keep.all()):
             continue
         rows = {f"{conv}.weight": keep} | ({f"{conv}.bias": keep} if module.bias is not None else {})
-        for bn, source in fed_batchnorms(model, conv, example).items():
+        for bn, source in fed.get(conv, {}).items():
             bn_keep = ~torch.isin(source, (~keep).nonzero().flatten())
             # A BN without affine parameters cannot be zeroed; its channel stays masked-only upstream.
             rows |= {f"{bn}.{p}": bn_keep for p in ("weight", "bias") if f"{bn}.{p}" in params}
@@ -357,6 +390,8 @@ def _keep_shortcut_fed(model: nn.Module, plan: Plan, example: Tensor) -> Plan:
     the prunable layers of a coupling group, but a `ZeroPadShortcut` adds the previous stage's channel
     ``src[i]`` into channel ``dst[i]`` of the stream: that channel is alive even when every conv2 of the
     stage has its filter zeroed."""
+    if not plan or not any(isinstance(m, ZeroPadShortcut) for m in model.modules()):
+        return plan
     graph = ChannelGraph(model, example)
     fixed: Plan = {}
     for name, kept in plan.items():
@@ -371,6 +406,16 @@ def _keep_shortcut_fed(model: nn.Module, plan: Plan, example: Tensor) -> Plan:
         if len(alive) < width:
             fixed[name] = sorted(alive)
     return fixed
+
+
+def paper_cost(model: nn.Module, compress_rate: str, input_shape: Sequence[int]) -> LegacyCost:
+    """`hrank_legacy_cost` for `model` itself (its class count and input channels, any architecture):
+    HRank's counter, crediting only the removed output filters."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the fallback-taps notice was given when ranking
+        layout = layout_for(model)
+    rates = {conv: rate for _, convs, rate in _entries(layout, compress_rate) for conv in convs}
+    return hrank_legacy_count(model, input_shape, rates, layout.legacy_inputs)
 
 
 def hrank_run(
@@ -417,11 +462,7 @@ def hrank_run(
         smaller, masks, removed = remove_dead_channels(result.model, result.masks, calib[:16])
     else:
         smaller, masks = apply(model, method.plan(model, calib), calib[:1]), None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the fallback-taps notice was given when ranking
-        layout = layout_for(model)
-    conv_rates = {conv: rate for _, convs, rate in _entries(layout, options.rates) for conv in convs}
-    legacy = hrank_legacy_count(model, shape, conv_rates, layout.legacy_inputs)
+    legacy = paper_cost(model, options.rates, shape)
     true = cost(smaller, shape)
     return HRankOutcome(
         smaller, masks, not layerwise, legacy.flops, legacy.params, true.macs, true.params, removed, stages

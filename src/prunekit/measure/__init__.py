@@ -13,8 +13,8 @@ from prunekit.measure.conventions import (
 )
 from prunekit.measure.cost import CONVENTION, Cost, LayerCost, cost
 from prunekit.measure.deployment import deploy, fold_batchnorm
-from prunekit.measure.timing import LatencyResult, compare_latency, latency
 from prunekit.measure.sparsity import LayerSparsity, SparsityReport, sparsity_report
+from prunekit.measure.timing import LatencyResult, compare_latency, latency
 
 __all__ = [
     "CONVENTION",
