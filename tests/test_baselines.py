@@ -93,8 +93,12 @@ def test_coupled_group_scores_are_summed() -> None:
     calib = torch.ones(1, 1, 2, 2)
     # L1 per member: stem 1, 5, 2; body 4, 0, 2. Summed: 5, 5, 4 -> channel 2 goes from both.
     assert create_method("l1", rates=0.4).plan(model, calib) == {"stem": [0, 1], "body": [0, 1]}
-    with pytest.raises(ConfigError, match=r"layers stem, body share their output channels.*stem:0.5, body:0"):
-        create_method("l1", rates="stem:0.5").plan(model, calib)
+    # Naming one member sets the group: int(0.5·3) = 1 channel, the same channel 2, goes from both.
+    assert create_method("l1", rates="stem:0.5").plan(model, calib) == {"stem": [0, 1], "body": [0, 1]}
+    with pytest.raises(
+        ConfigError, match=r"layers stem, body share their output channels.*stem:0.5, body:0.3"
+    ):
+        create_method("l1", rates="stem:0.5,body:0.3").plan(model, calib)
 
 
 # ---------------------------------------------------------------- network slimming

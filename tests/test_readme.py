@@ -23,3 +23,11 @@ def test_readme_has_exactly_two_setup_commands() -> None:
 def test_ci_runs_the_readme_test_command() -> None:
     ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
     assert _setup_commands()[1] in ci.splitlines()
+
+
+def test_readme_python_quickstart_runs(tmp_path, monkeypatch) -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    code = re.search(r"## Python quickstart\n\n```python\n(.+?)\n```", readme, flags=re.S).group(1)
+    monkeypatch.chdir(tmp_path)  # it writes runs/quick/...
+    exec(compile(code, "README.md", "exec"), {})
+    assert (tmp_path / "runs" / "quick" / "small.safetensors").is_file()

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
+from prunekit.methods import create_method
 from prunekit.methods.base import layer_ratios, prunable_groups
 from prunekit.methods.selection import Budget, MacCounter, parse_selection, resolve_ratios, solve_budget
 from prunekit.models import create
@@ -199,3 +200,15 @@ def test_budget_on_lenet5_between_conv2_steps_is_met() -> None:
     )
     assert result is not None and abs(result.reached_fraction - 0.3) <= 0.003
     assert result.pruned_macs == MacCounter(model, example).real(ratios)
+
+
+def test_a_glob_naming_part_of_a_coupled_group_sets_the_whole_group() -> None:
+    # "*layer1*" names layer1's conv2s but not the stem conv1 whose channels they share through the adds.
+    model, example = create("resnet20"), torch.randn(1, 3, 32, 32)
+    groups = prunable_groups(model, example)
+    ratios, _ = layer_ratios(model, example, groups, parse_selection("*layer1*:0.5"))
+    stage1 = next(g for g in groups if "conv1" in g.members)
+    assert {ratios[m] for m in stage1.members} == {0.5}
+    assert ratios["layer2.0.conv1"] == 0.0  # not named, not coupled: untouched
+    with pytest.raises(ConfigError, match="share their output channels"):
+        create_method("l1", rates="conv1:0.3,*layer1*conv2:0.5").plan(model, example)

@@ -261,6 +261,13 @@ def layer_ratios(
     """Per-layer ratios of `selection`; with a budget, the scaled ratios that meet it and the search."""
     names = [name for group in groups for name in group.members]
     ratios = selection.ratios(names)
+    # A glob that names some members of a coupled group (e.g. "*layer1*" misses the stem conv that shares
+    # layer1's channels) sets the ratio of the whole group; two different named ratios still conflict.
+    named = selection.selected(names)
+    for group in groups:
+        chosen = {ratios[m] for m in group.members if m in named}
+        if len(chosen) == 1:
+            ratios.update(dict.fromkeys(group.members, chosen.pop()))
     if selection.budget is None:
         return ratios, None
     for group in groups:

@@ -93,6 +93,12 @@ class Selection:
         uniform = 1.0 if self.uniform is None else self.uniform
         return dict.fromkeys(layers, uniform)
 
+    def selected(self, layers: Sequence[str]) -> set[str]:
+        """The layers some part of the expression names (glob rules may leave layers unnamed)."""
+        if self.rules:
+            return {name for pattern, _ in self.rules for name in fnmatch.filter(layers, pattern)}
+        return set(layers)
+
 
 def parse_selection(spec: str | float) -> Selection:
     """Parse a selection expression; syntax errors show the expression with a caret at the fault."""
