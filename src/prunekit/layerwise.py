@@ -27,13 +27,10 @@ from torch import Tensor, nn
 from prunekit.errors import ConfigError, SurgeryError
 from prunekit.measure import CONVENTION, cost
 from prunekit.measure.hrank_counter import LegacyCost, hrank_legacy_count
-from prunekit.methods.base import Plan
 from prunekit.methods.deephoyer import zero_channel_plan
 from prunekit.methods.hrank import HRank, hrank_scores, hrank_select
 from prunekit.methods.hrank_arch import ArchLayout, compress_rates, layout_for
-from prunekit.models.layers import ZeroPadShortcut
-from prunekit.surgery import MaskSet, apply, attach, fold, record_masks
-from prunekit.surgery.graph import ChannelGraph
+from prunekit.surgery import MaskHandle, MaskSet, apply, attach, fold, record_masks
 from prunekit.train import TrainConfig, fit
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
@@ -201,13 +198,19 @@ def _numbered_forward(
     return run
 
 
-def filter_masks(model: nn.Module, kept: Mapping[str, Sequence[int]], example: Tensor) -> MaskSet:
+def filter_masks(
+    model: nn.Module,
+    kept: Mapping[str, Sequence[int]],
+    example: Tensor,
+    fed: Mapping[str, Mapping[str, Tensor]] | None = None,
+) -> MaskSet:
     """HRank's masks (§2.2) for keeping ``kept[conv]`` filters of each conv: the pruned filters' weight
-    rows and bias entries, and γ, β of the BatchNorm channels they feed (`fed_batchnorms`). BN running
-    statistics stay: with γ = β = 0 the BN outputs exactly 0 whatever they are."""
+    rows and bias entries, and γ, β of the BatchNorm channels they feed (`fed_batchnorms`, traced on
+    `example` unless given). BN running statistics stay: with γ = β = 0 the BN outputs exactly 0
+    whatever they are."""
     params = dict(model.named_parameters())
     modules = dict(model.named_modules())
-    fed = fed_batchnorms(model, example)
+    fed = fed_batchnorms(model, example) if fed is None else fed
     masks = MaskSet({})
     for conv, indices in kept.items():
         module = modules[conv]
@@ -261,10 +264,11 @@ def _kept(method: HRank, convs: Sequence[str], rate: float) -> dict[str, list[in
 def mask_prune(model: nn.Module, method: HRank, calib: Tensor) -> LayerwiseResult:
     """One-shot masked HRank: every entry's filters zeroed at once on a copy of `model`."""
     layout = layout_for(model)
+    entries = _entries(layout, method.options.rates)
     _ensure_scores(model, method, layout, calib)
     masked = copy.deepcopy(model)
     kept: dict[str, list[int]] = {}
-    for _, convs, rate in _entries(layout, method.options.rates):
+    for _, convs, rate in entries:
         kept |= _kept(method, convs, rate)
     masks = filter_masks(masked, kept, calib[:1])
     return LayerwiseResult(fold(masked, masks), masks)
@@ -292,15 +296,18 @@ def layerwise_prune(
     training log goes to ``stage{k:03d}/`` and its record to ``stages.jsonl``."""
     skip = method.options.skip_zero_rate_stages if skip_zero_rate_stages is None else skip_zero_rate_stages
     layout = layout_for(model)
+    entries = _entries(layout, method.options.rates)  # a wrong compress_rate fails before any ranking
     _ensure_scores(model, method, layout, calib if calib is not None else train)
     example = _example(calib, train)
     model = copy.deepcopy(model)
+    modules = dict(model.named_modules())
+    fed = fed_batchnorms(model, example)  # the data flow does not change with the weights: trace once
     masks = MaskSet({})
     stages: list[Stage] = []
-    for entry, convs, rate in _entries(layout, method.options.rates):
+    for entry, convs, rate in entries:
         kept = _kept(method, convs, rate)
-        masks = masks & filter_masks(model, kept, example)
-        prunes = any(len(k) < dict(model.named_modules())[c].out_channels for c, k in kept.items())
+        masks = masks & filter_masks(model, kept, example, fed)
+        prunes = any(len(k) < modules[c].out_channels for c, k in kept.items())
         handle = attach(model, masks)  # zeroes the new filters now, and every gradient of a masked weight
         try:
             best = None
@@ -323,7 +330,7 @@ def _fine_tune_stage(
     train: Iterable[Any],
     val: Iterable[Any],
     cfg: TrainConfig,
-    handle: Any,
+    handle: MaskHandle,
     run_dir: Path | None,
     progress: bool | None,
     device: str | torch.device | None,
@@ -366,7 +373,7 @@ def remove_dead_channels(
     masked = copy.deepcopy(model).to("cpu").eval()
     example = example.to("cpu")
     record_masks(masked, masks)
-    plan = _keep_shortcut_fed(masked, zero_channel_plan(masked, example[:1]), example[:1])
+    plan = zero_channel_plan(masked, example[:1])
     # `apply` narrows the recorded masks with the weights (the masked elements are zero).
     smaller = apply(masked, plan, example[:1]).eval() if plan else masked
     with torch.no_grad():
@@ -383,29 +390,6 @@ def remove_dead_channels(
     if remaining is not None and all(bool(m.all()) for m in remaining.values()):
         remaining = None
     return smaller, remaining, removed
-
-
-def _keep_shortcut_fed(model: nn.Module, plan: Plan, example: Tensor) -> Plan:
-    """`plan` without the channels an option-A shortcut writes into. `zero_channel_plan` only looks at
-    the prunable layers of a coupling group, but a `ZeroPadShortcut` adds the previous stage's channel
-    ``src[i]`` into channel ``dst[i]`` of the stream: that channel is alive even when every conv2 of the
-    stage has its filter zeroed."""
-    if not plan or not any(isinstance(m, ZeroPadShortcut) for m in model.modules()):
-        return plan
-    graph = ChannelGraph(model, example)
-    fixed: Plan = {}
-    for name, kept in plan.items():
-        width = graph.out_channels(name)
-        alive = set(kept)
-        for dep, idxs in graph.group(name, range(width)):
-            shortcut = dep.target.module
-            if isinstance(shortcut, ZeroPadShortcut) and graph.dg.is_out_channel_pruning_fn(dep.handler):
-                written = set(shortcut.dst.tolist())
-                # The group's channels in root order, as the shortcut's output indices (an add keeps them).
-                alive |= {c for c, idx in zip(range(width), idxs, strict=True) if idx in written}
-        if len(alive) < width:
-            fixed[name] = sorted(alive)
-    return fixed
 
 
 def paper_cost(model: nn.Module, compress_rate: str, input_shape: Sequence[int]) -> LegacyCost:

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from prunekit.errors import ConfigError, SurgeryError, unknown_name
 from prunekit.methods import regularizers
 from prunekit.methods.base import Calib, Method, Plan, example_input, register_method
+from prunekit.models.layers import ZeroPadShortcut
 from prunekit.surgery.channels import apply
 from prunekit.surgery.graph import ChannelGraph
 from prunekit.surgery.masks import MaskSet, fold
@@ -200,12 +201,18 @@ def _zero_output(graph: ChannelGraph, members: tuple[str, ...], width: int) -> T
         if module.bias is not None:
             dead &= (module.bias.detach() == 0).cpu()
     # BN(0) = β − γ·μ/σ is a constant, not zero, unless γ = β = 0; BNs in the coupling group share indices.
-    for dep, _ in graph.group(members[0], range(width)):
-        bn = dep.target.module
-        if isinstance(bn, _BATCHNORMS) and bn.num_features == width:
-            if bn.weight is None or bn.bias is None:
+    for dep, idxs in graph.group(members[0], range(width)):
+        module = dep.target.module
+        if isinstance(module, _BATCHNORMS) and module.num_features == width:
+            if module.weight is None or module.bias is None:
                 return torch.zeros(width, dtype=torch.bool)
-            dead &= ((bn.weight.detach() == 0) & (bn.bias.detach() == 0)).cpu()
+            dead &= ((module.weight.detach() == 0) & (module.bias.detach() == 0)).cpu()
+        elif isinstance(module, ZeroPadShortcut) and graph.dg.is_out_channel_pruning_fn(dep.handler):
+            # An option-A shortcut adds the previous stage's channel src[i] into channel dst[i] of this
+            # stream: those channels carry data even when every conv of the group has a zero filter.
+            # `idxs` lists the shortcut output index of each of the group's channels, in order.
+            written = set(module.dst.tolist())
+            dead &= torch.tensor([idx not in written for idx in idxs], dtype=torch.bool)
     return dead
 
 

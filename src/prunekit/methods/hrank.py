@@ -309,14 +309,15 @@ class HRank(Method):
     def prepare(self, model: nn.Module, calib: Calib | Iterable[Any] | None) -> None:
         if calib is None:
             raise ConfigError("HRank needs training images to rank feature maps; calib is None")
+        conv_rates(layout_for(model), self.options.rates)  # a wrong-length list fails before the ranking
         self.scores = hrank_scores(
             model, calib, n_images=self.options.n_images, batch_size=self.options.batch_size
         )
 
     def plan(self, model: nn.Module, calib: Calib | None) -> Plan:
         example = example_input(calib, self.name)
+        rates = conv_rates(layout_for(model), self.options.rates)
         if self.scores is None:
             self.prepare(model, calib)
         assert self.scores is not None
-        rates = conv_rates(layout_for(model), self.options.rates)
         return hrank_plan(model, example, rates, self.scores, self.options.tie_break)
