@@ -15,7 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from prunekit.data.augment import normalization_constants, normalize
-from prunekit.data.loader import shard_order
+from prunekit.data.loader import EpochSharding
 from prunekit.errors import ConfigError, DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -136,7 +136,7 @@ class ImageFolder(torch.utils.data.Dataset):
         return torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1), label
 
 
-class ImageFolderLoader:
+class ImageFolderLoader(EpochSharding):
     """DeviceLoader's protocol (set_epoch, len, num_samples, yields device batches) for image folders."""
 
     def __init__(
@@ -163,6 +163,7 @@ class ImageFolderLoader:
         self.dataset = ImageFolder(root, split, train=train, image_size=image_size, resize=resize, seed=seed)
         self.batch_size = batch_size
         self.train = train
+        self.shuffle = train
         self.device = torch.device(device)
         self.num_workers = num_workers
         self.drop_last = drop_last
@@ -174,29 +175,10 @@ class ImageFolderLoader:
         self._scale, self._shift = normalization_constants(mean, std, self.device)
         self.num_samples = len(self._order())
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     def limit(self, n: int) -> None:
         """Use only n images of the split (spread over the classes): quick runs and tests."""
         self.dataset.limit(n)
         self.num_samples = len(self._order())
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def _order(self) -> torch.Tensor:
-        return shard_order(
-            len(self.dataset),
-            shuffle=self.train,
-            seed=self.seed,
-            epoch=self.epoch,
-            rank=self.rank,
-            world_size=self.world_size,
-            drop_last=self.drop_last,
-        )
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         items = [(self.epoch, int(i)) for i in self._order()]

@@ -45,7 +45,44 @@ def augmentation_generator(seed: int, epoch: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
 
 
-class DeviceLoader:
+class EpochSharding:
+    """What every loader shares: a seeded order per epoch, sharded across ranks, cut into batches.
+
+    Subclasses set `dataset`, `batch_size`, `shuffle`, `drop_last`, `seed`, `rank`, `world_size`,
+    `epoch` and then `num_samples = len(self._order())`.
+    """
+
+    dataset: Any
+    batch_size: int
+    shuffle: bool
+    drop_last: bool
+    seed: int
+    rank: int
+    world_size: int
+    epoch: int
+    num_samples: int
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        if self.drop_last:
+            return self.num_samples // self.batch_size
+        return math.ceil(self.num_samples / self.batch_size)
+
+    def _order(self) -> torch.Tensor:
+        return shard_order(
+            len(self.dataset),
+            shuffle=self.shuffle,
+            seed=self.seed,
+            epoch=self.epoch,
+            rank=self.rank,
+            world_size=self.world_size,
+            drop_last=self.drop_last,
+        )
+
+
+class DeviceLoader(EpochSharding):
     """Yields (x float32 NCHW, y int64) on `device`; call `set_epoch(e)` before each epoch.
 
     Same seed + epoch gives identical batches on every run and device. Augmentation (train only) is a
@@ -100,25 +137,6 @@ class DeviceLoader:
         )
         self._scale, self._shift = normalization_constants(mean, std, self.device)
         self.num_samples = len(self._order())
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        if self.drop_last:
-            return self.num_samples // self.batch_size
-        return math.ceil(self.num_samples / self.batch_size)
-
-    def _order(self) -> torch.Tensor:
-        return shard_order(
-            len(self.dataset),
-            shuffle=self.shuffle,
-            seed=self.seed,
-            epoch=self.epoch,
-            rank=self.rank,
-            world_size=self.world_size,
-            drop_last=self.drop_last,
-        )
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self._order().to(self.device)

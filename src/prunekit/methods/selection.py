@@ -21,10 +21,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import torch
 from torch import Tensor, nn
 
 from prunekit.errors import ConfigError
+from prunekit.models.probe import probe
 from prunekit.surgery.channels import apply_with_report
 from prunekit.surgery.graph import ChannelGraph
 
@@ -443,18 +443,11 @@ def _layer_calls(model: nn.Module, example: Tensor) -> list[tuple[str, int, int,
         per_output = module.weight[0].numel()
         calls.append((names[module], positions, per_output, out_full, in_full, grouped))
 
-    handles = [
-        m.register_forward_hook(record) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-    ]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    probe(
+        model,
+        example,
+        [m.register_forward_hook(record) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))],
+    )
     return calls
 
 

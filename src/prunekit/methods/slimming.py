@@ -27,6 +27,7 @@ from prunekit.methods.base import (
     prunable_groups,
     register_method,
 )
+from prunekit.models.probe import probe
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -141,16 +142,10 @@ def batchnorm_after(model: nn.Module, example: Tensor) -> dict[str, str]:
         if entry is not None and entry[1] is inputs[0]:
             found.setdefault(entry[0], names[module])
 
-    handles = [
-        m.register_forward_hook(on_layer) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))
-    ] + [m.register_forward_pre_hook(on_batchnorm) for m in model.modules() if isinstance(m, _BATCHNORMS)]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(example)
-    finally:
-        model.train(was_training)
-        for handle in handles:
-            handle.remove()
+    probe(
+        model,
+        example,
+        [m.register_forward_hook(on_layer) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+        + [m.register_forward_pre_hook(on_batchnorm) for m in model.modules() if isinstance(m, _BATCHNORMS)],
+    )
     return found
