@@ -7,6 +7,7 @@ fine-tunes briefly, and prints / writes one table (accuracy, params, MACs, deplo
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -24,7 +25,8 @@ DEMO_RATIO = 0.5
 
 
 def run_demo(out: Path, epochs: int = 8, finetune_epochs: int = 3, seed: int = 0) -> list[ComparisonRow]:
-    console = Console()
+    # Logs and CI capture stdout: give the comparison table room instead of the 80 columns of a pipe.
+    console = Console() if sys.stdout.isatty() else Console(width=160)
     console.rule("prunekit demo: LeNet-5 on the embedded Fashion-MNIST subset")
     data = DataSpec(DEMO_DATA, batch_size=64, seed=seed)
     cfg = TrainConfig.from_dict(
@@ -88,7 +90,7 @@ def run_demo(out: Path, epochs: int = 8, finetune_epochs: int = 3, seed: int = 0
         )
 
     run = RunFolder(out)
-    console.print(comparison_table(rows, title="prunekit demo: Fashion-MNIST subset, CPU"), width=160)
+    console.print(comparison_table(rows, title="prunekit demo: Fashion-MNIST subset, CPU"))
     plot_accuracy_vs_macs(
         [(r.name, r.macs, r.top1 or 0.0) for r in rows],
         run.file("accuracy_vs_macs.png"),
