@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from prunekit import checkpoint
@@ -149,3 +150,12 @@ def test_module_entry_point_prints_errors_without_traceback() -> None:
     )
     assert proc.returncode == 2
     assert "unknown model 'nope'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_same_seed_same_run(tmp_path) -> None:
+    for name in ("a", "b"):
+        assert main(["train", "--arch", "lenet5", *TINY, "--epochs", "1", "--out", str(tmp_path / name)]) == 0
+    a, b = (checkpoint.load(tmp_path / n / "model.safetensors") for n in ("a", "b"))
+    assert all(
+        torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+    )

@@ -163,6 +163,7 @@ def _train_run(
             f"{arch} asked for {kwargs['num_classes']} classes / {kwargs['in_channels']} input channels, but "
             f"{data.name} has {train_set.num_classes} classes / {shape[0]} channels"
         )
+    torch.manual_seed(cfg.seed)  # the initial weights are part of the run: same seed, same model
     model = create(arch, **kwargs)
     check_runs_on(model, shape, f"{arch} on {data.name}")
     teacher = checkpoint.load(teacher_path, device=dev).eval() if teacher_path else None
