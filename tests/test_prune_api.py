@@ -92,6 +92,8 @@ def test_cli_prune_writes_a_comparison_run_folder(tmp_path, capsys) -> None:
     reloaded = prunekit.load(out / "model.safetensors")
     assert reloaded.conv1.out_channels == 10
     assert "before fine-tuning" in capsys.readouterr().out
+    assert main(["profile", str(out / "model.safetensors"), "--batch-sizes", "1"]) == 0
+    assert f"MACs {summary['pruned']['macs']:,}" in capsys.readouterr().out
 
 
 def test_cli_prune_refuses_a_sparsify_stage_for_one_shot_methods(tmp_path, capsys) -> None:
