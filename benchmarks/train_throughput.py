@@ -174,7 +174,8 @@ def _row(cells: tuple[object, ...]) -> str:
 def run(args: argparse.Namespace) -> None:
     device = torch.device(args.device)
     on_gpu = device.type == "cuda"
-    prunekit_channels_last = args.channels_last == "on" or (args.channels_last == "auto" and on_gpu)
+    # "auto" follows prunekit.train: channels_last for convolutional models, on CPU and GPU alike.
+    prunekit_channels_last = args.channels_last in ("on", "auto")
     data = load_dataset("synthetic", num_samples=args.images, shape=(3, 32, 32), num_classes=10)
     conventional_loader = DataLoader(
         PerImageDataset(data), args.batch_size, shuffle=True, num_workers=args.workers, pin_memory=on_gpu

@@ -25,7 +25,8 @@ class TrainConfig:
 
     `piecewise` ("0:0.01,60:0.001" = lr from that epoch on) replaces `lr` when `schedule="piecewise"`.
     With a teacher the loss is `kd_alpha·T²·KL(teacher ‖ student at temperature T) + (1 − kd_alpha)·CE`.
-    `amp="auto"` means bf16 autocast on CUDA and none on CPU; `channels_last="auto"` means on for CUDA.
+    `amp="auto"` means bf16 autocast on CUDA and none on CPU; `channels_last="auto"` means on for
+    any model with convolutions (CPU and GPU).
     """
 
     epochs: int = 10
