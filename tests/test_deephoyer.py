@@ -251,3 +251,23 @@ def test_sparsify_then_masked_finetune_keeps_the_zeros_exactly_zero():
     report = sparsity_report(pruned)
     expected_zeros = sum(int(z.sum()) for z in zeros.values())
     assert report.pruned == expected_zeros
+
+
+def test_prune_biases_lets_a_filter_with_dead_weights_disappear():
+    # conv2 filter 7: all weights zero, a tiny bias. Group regularisers leave biases alone, so by default the
+    # filter survives as a constant ReLU(bias) map; thresholding biases too (the MNIST release) removes it.
+    model = create("lenet5")
+    with torch.no_grad():
+        model.conv2.weight[7] = 0.0
+        model.conv2.bias[7] = 5e-5
+    calib = torch.rand(8, 1, 28, 28)
+    kept = method(regularizer="group_hs", threshold="fixed", sensitivity=1e-4, structural=True).prune(
+        model, calib
+    )
+    assert "conv2" not in kept.plan
+    gone = method(
+        regularizer="group_hs", threshold="fixed", sensitivity=1e-4, structural=True, prune_biases=True
+    ).prune(model, calib)
+    assert gone.plan["conv2"] == [c for c in range(50) if c != 7]
+    assert tuple(gone.model.conv2.weight.shape) == (49, 20, 5, 5)
+    assert "conv2.bias" in gone.masks  # the thresholded biases are masks the fine-tune keeps at zero

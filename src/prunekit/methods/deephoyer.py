@@ -49,6 +49,10 @@ class DeepHoyerOptions:
     threshold: str = "std"  # "fixed": |w| < sensitivity; "std": |w| < sensitivity · std(w) per tensor
     sensitivity: float = 0.25  # the release's defaults: 0.25 (std, MNIST), 1e-3 (fixed, MNIST)
     structural: bool = False  # remove dead filters/channels physically after thresholding
+    # Threshold biases too (None: exactly when they are regularised). The MNIST release thresholds every
+    # tensor, biases included, whatever the regulariser; with group regularisers that is what lets a
+    # filter whose weights died disappear instead of surviving as a constant ReLU(bias) map.
+    prune_biases: bool | None = None
     reproduce_grouping_bug: bool = False  # the release's dims-0/1 "fibre" groups (see regularizers)
 
     def __post_init__(self) -> None:
@@ -94,13 +98,17 @@ class DeepHoyer(Method):
     Options: ClassVar[type] = DeepHoyerOptions
     options: DeepHoyerOptions
 
-    def tensors(self, model: nn.Module) -> dict[str, nn.Parameter]:
-        """The parameters regularised and pruned: conv/linear weights, and biases when `options.biases`."""
+    def tensors(self, model: nn.Module, *, for_pruning: bool = False) -> dict[str, nn.Parameter]:
+        """The parameters regularised (or, `for_pruning`, thresholded): conv/linear weights, plus biases
+        when `options.biases` (`options.prune_biases` for pruning, defaulting to the same)."""
+        with_biases = self.options.biases
+        if for_pruning and self.options.prune_biases is not None:
+            with_biases = self.options.prune_biases
         chosen: dict[str, nn.Parameter] = {}
         for prefix, module in model.named_modules():
             if not isinstance(module, _LAYERS):
                 continue
-            for attr in ("weight", "bias") if self.options.biases else ("weight",):
+            for attr in ("weight", "bias") if with_biases else ("weight",):
                 param = getattr(module, attr)
                 if param is not None:
                     chosen[f"{prefix}.{attr}" if prefix else attr] = param
@@ -121,8 +129,8 @@ class DeepHoyer(Method):
         """Per pruned tensor, the t of ``|w| < t``."""
         opts = self.options
         if opts.threshold == "fixed":
-            return dict.fromkeys(self.tensors(model), opts.sensitivity)
-        tensors = self.tensors(model)
+            return dict.fromkeys(self.tensors(model, for_pruning=True), opts.sensitivity)
+        tensors = self.tensors(model, for_pruning=True)
         # One device→host transfer for all tensors instead of one per tensor.
         stds = torch.stack([w.detach().float().std(correction=0) for w in tensors.values()])
         return dict(zip(tensors, (opts.sensitivity * stds).tolist(), strict=True))
