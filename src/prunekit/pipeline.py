@@ -411,8 +411,8 @@ def prune_run(
     widths_before = layer_widths(model)
     hrank_summary: dict[str, Any] | None = None
     if isinstance(method, HRank):
-        # ---- HRank (prunekit.layerwise): its masked schedules, whose layerwise stages are the fine-tuning,
-        # and both counts, HRank's paper convention and the true cost of the smaller model.
+        # HRank has schedules of its own (layer-wise stages are the fine-tuning; masked configs) and
+        # reports both counts: HRank's paper convention and the true cost of the smaller model.
         outcome = hrank_run(
             model,
             method,
@@ -426,7 +426,6 @@ def prune_run(
         )
         pruned, masks, hrank_summary = outcome.model, outcome.masks, outcome.summary()
         finetune = finetune if outcome.needs_finetune else None
-        # ---- end HRank
     else:
         pruned, masks = run_method(method, model, calib)
     widths_after = layer_widths(pruned)
