@@ -60,3 +60,36 @@ def test_plots_are_png_files(tmp_path) -> None:
     ]
     for p in paths:
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_rows_from_run_folders(tmp_path, capsys) -> None:
+    from prunekit.cli import main
+    from prunekit.report import rows_of
+
+    RunFolder(tmp_path / "dense").write_summary(
+        {"kind": "train", "top1": 90.0, "params": 1000, "macs": 4_000_000, "latency_ms": {"1": 2.0}}
+    )
+    RunFolder(tmp_path / "l1").write_summary(
+        {
+            "kind": "prune",
+            "method": "l1",
+            "pruned": {
+                "top1": 89.0,
+                "top1_before_finetune": 70.0,
+                "params": 300,
+                "macs": 1_000_000,
+                "latency_ms": {"1": 1.0},
+            },
+        }
+    )
+    dense, l1 = rows_of([tmp_path / "dense", tmp_path / "l1"])
+    assert (dense.name, dense.top1, dense.latency_ms) == ("dense", 90.0, {1: 2.0})
+    assert (l1.macs, l1.note) == (1_000_000, "l1, 70.00 % before fine-tuning")
+    assert (
+        main(["report", str(tmp_path / "dense"), str(tmp_path / "l1"), "--out", str(tmp_path / "cmp")]) == 0
+    )
+    md = (tmp_path / "cmp" / "report.md").read_text()
+    assert "| l1 | 89.00 | -1.00 | 300 | 1.00M | 4.00× | 1.000 | 2.00× |" in md
+    RunFolder(tmp_path / "odd").write_summary({"kind": "demo"})
+    assert main(["report", str(tmp_path / "odd")]) == 2
+    assert "cannot be compared" in capsys.readouterr().err

@@ -346,6 +346,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from prunekit.report import (
+        RunFolder,
+        comparison_markdown,
+        comparison_table,
+        plot_accuracy_vs_macs,
+        rows_of,
+    )
+
+    rows = rows_of(args.runs)
+    Console(width=160).print(comparison_table(rows, title="prunekit report (first run = reference)"))
+    if args.out:
+        out = RunFolder(args.out)
+        plot = plot_accuracy_vs_macs(
+            [(r.name, r.macs, r.top1 or 0.0) for r in rows], out.file("accuracy_vs_macs.png")
+        )
+        out.write_text(
+            "report.md",
+            "# Comparison\n\n" + comparison_markdown(rows) + f"\n![accuracy vs MACs]({plot.name})\n",
+        )
+        print(f"wrote {out.path}/report.md and {plot.name}")
+    return 0
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     from prunekit.pipeline import evaluate_checkpoint
 
@@ -478,6 +504,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit-test", type=int)
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "report",
+        help="compare run folders in one table and an accuracy-vs-MACs plot",
+        formatter_class=fmt,
+        epilog="example:\n  prunekit report runs/r56 runs/r56-l1 runs/r56-fpgm --out runs/compare\n",
+    )
+    p.add_argument(
+        "runs",
+        nargs="+",
+        help="run folders (train, prune, finetune or recipe runs); the first is the reference",
+    )
+    p.add_argument("--out", help="write report.md and accuracy_vs_macs.png here")
+    p.set_defaults(func=cmd_report)
 
     p = sub.add_parser(
         "eval",
