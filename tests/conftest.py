@@ -10,6 +10,12 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
+# CLI options for a small synthetic 1×28×28 dataset (LeNet-sized): 256 training and 128 test images.
+SYNTHETIC_28 = (
+    "--data synthetic --data-option shape=1x28x28 --limit-train 256 --limit-test 128 "
+    "--batch-size 64 --device cpu"
+).split()
+
 # Test models are tiny: extra intra-op threads only add contention (CI has 2 cores, DDP tests run 2 ranks).
 torch.set_num_threads(1)
 

@@ -8,27 +8,11 @@ import pytest
 import torch
 import yaml
 
+from conftest import SYNTHETIC_28
 from prunekit import checkpoint
 from prunekit.cli import main
 
-TINY = [
-    "--data",
-    "synthetic",
-    "--data-option",
-    "shape=1x28x28",
-    "--limit-train",
-    "256",
-    "--limit-test",
-    "128",
-    "--batch-size",
-    "64",
-    "--epochs",
-    "2",
-    "--lr",
-    "0.05",
-    "--device",
-    "cpu",
-]
+TINY = [*SYNTHETIC_28, "--epochs", "2", "--lr", "0.05"]
 
 
 def test_help_lists_commands_and_examples(capsys) -> None:

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 import prunekit
+from conftest import SYNTHETIC_28
 from prunekit.cli import main
 from prunekit.errors import ConfigError
 from prunekit.measure import cost
@@ -52,20 +53,7 @@ def test_prune_selection_errors() -> None:
 
 
 def test_cli_prune_writes_a_comparison_run_folder(tmp_path, capsys) -> None:
-    data = [
-        "--data",
-        "synthetic",
-        "--data-option",
-        "shape=1x28x28",
-        "--limit-train",
-        "256",
-        "--limit-test",
-        "128",
-        "--batch-size",
-        "64",
-        "--device",
-        "cpu",
-    ]
+    data = SYNTHETIC_28
     assert main(["train", "--arch", "lenet5", *data, "--epochs", "1", "--out", str(tmp_path / "dense")]) == 0
     out = tmp_path / "pruned"
     argv = [
@@ -126,20 +114,7 @@ def test_cli_prune_refuses_a_sparsify_stage_for_one_shot_methods(tmp_path, capsy
 
 
 def test_cli_deephoyer_elementwise_keeps_masks_through_finetune_and_file(tmp_path) -> None:
-    data = [
-        "--data",
-        "synthetic",
-        "--data-option",
-        "shape=1x28x28",
-        "--limit-train",
-        "256",
-        "--limit-test",
-        "128",
-        "--batch-size",
-        "64",
-        "--device",
-        "cpu",
-    ]
+    data = SYNTHETIC_28
     assert (
         main(["train", "--arch", "lenet300_100", *data, "--epochs", "1", "--out", str(tmp_path / "d")]) == 0
     )

@@ -374,11 +374,9 @@ def prune_run(
 ) -> dict[str, Any]:
     """checkpoint → (sparsify) → plan → surgery → (fine-tune) → evaluate → run folder `out`."""
     started = time.time()
-    dev = resolve_device(device)
-    dense = checkpoint.load(checkpoint_path, device="cpu")
-    data = data or DataSpec.of_checkpoint(dense.prunekit_info, checkpoint_path)
-    train_loader, val_loader, train_set = data.loaders(dev)
-    shape = input_shape_of(train_set)
+    dense, data, train_loader, val_loader, shape, run, dev = _open_stage(
+        checkpoint_path, data, out, device, config_record
+    )
     method = build_method(
         spec.method,
         ratio=spec.ratio,
@@ -387,9 +385,6 @@ def prune_run(
         speedup=spec.speedup,
         options=spec.options,
     )
-    run = RunFolder(out)
-    if config_record is not None:
-        run.write_config(config_record)
     dense_eval = evaluate(dense, val_loader, device=dev)
     model = dense
     if sparsify is not None and sparsify.epochs > 0:
@@ -524,14 +519,9 @@ def finetune_run(
 ) -> dict[str, Any]:
     """Fine-tune a (pruned) model file; masks stored in it are kept exactly zero."""
     started = time.time()
-    dev = resolve_device(device)
-    model = checkpoint.load(checkpoint_path, device="cpu")
-    data = data or DataSpec.of_checkpoint(model.prunekit_info, checkpoint_path)
-    train_loader, val_loader, train_set = data.loaders(dev)
-    shape = input_shape_of(train_set)
-    run = RunFolder(out)
-    if config_record is not None:
-        run.write_config(config_record)
+    model, data, train_loader, val_loader, shape, run, dev = _open_stage(
+        checkpoint_path, data, out, device, config_record
+    )
     masks = getattr(model, "prunekit_masks", None)
     handle = attach(model, masks) if masks else None
     result = fit(
@@ -575,6 +565,25 @@ def finetune_run(
     )
     run.write_text("report.md", _report_md("Fine-tuning run", [row], summary, plots))
     return summary
+
+
+def _open_stage(
+    checkpoint_path: str | Path,
+    data: DataSpec | None,
+    out: str | Path,
+    device: str | None,
+    config_record: dict[str, Any] | None,
+) -> tuple[nn.Module, DataSpec, Any, Any, tuple[int, int, int], RunFolder, torch.device]:
+    """What a run that starts from a model file needs: the model (on CPU), its dataset (recorded in the
+    file unless given), the loaders, the per-image shape, the run folder (config written) and the device."""
+    dev = resolve_device(device)
+    model = checkpoint.load(checkpoint_path, device="cpu")
+    data = data or DataSpec.of_checkpoint(model.prunekit_info, checkpoint_path)
+    train_loader, val_loader, train_set = data.loaders(dev)
+    run = RunFolder(out)
+    if config_record is not None:
+        run.write_config(config_record)
+    return model, data, train_loader, val_loader, input_shape_of(train_set), run, dev
 
 
 def compare_models(
