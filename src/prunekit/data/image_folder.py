@@ -16,7 +16,7 @@ from PIL import Image, UnidentifiedImageError
 
 from prunekit.data.augment import normalization_constants, normalize
 from prunekit.data.loader import EpochSharding
-from prunekit.errors import ConfigError, DataError
+from prunekit.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -156,10 +156,7 @@ class ImageFolderLoader(EpochSharding):
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self._check_sharding(batch_size, rank, world_size)
         self.dataset = ImageFolder(root, split, train=train, image_size=image_size, resize=resize, seed=seed)
         self.batch_size = batch_size
         self.train = train

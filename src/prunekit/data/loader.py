@@ -62,6 +62,13 @@ class EpochSharding:
     epoch: int
     num_samples: int
 
+    @staticmethod
+    def _check_sharding(batch_size: int, rank: int, world_size: int) -> None:
+        if batch_size < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"rank must be in [0, world_size={world_size}), got {rank}")
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
@@ -106,10 +113,7 @@ class DeviceLoader(EpochSharding):
         rank: int = 0,
         world_size: int = 1,
     ) -> None:
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        if not 0 <= rank < world_size:
-            raise ConfigError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self._check_sharding(batch_size, rank, world_size)
         if crop_padding < 0:
             raise ConfigError(f"crop_padding must be >= 0, got {crop_padding}")
         if not train and (crop_padding or flip):
