@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from ddp_worker import CFG, PER_RANK_BATCH
 from prunekit.errors import ConfigError
-from prunekit.train import fit, init_distributed
+from prunekit.train import cleanup, fit, init_distributed
 from train_helpers import loaders, tiny_net
 
 TESTS = Path(__file__).resolve().parent
@@ -43,6 +43,20 @@ def test_bad_launcher_environment_is_a_config_error(monkeypatch, env: dict, mess
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigError, match=message):
         init_distributed(device="cpu")
+
+
+@pytest.mark.parametrize("failed", [False, True])
+def test_cleanup_waits_for_peers_only_after_success(tmp_path, monkeypatch, failed: bool) -> None:
+    import torch.distributed as tdist
+
+    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    barriers: list[int] = []
+    real_barrier = tdist.barrier
+    monkeypatch.setattr(tdist, "barrier", lambda *a, **kw: (barriers.append(1), real_barrier(*a, **kw)))
+    cleanup(failed=failed)
+    assert not tdist.is_initialized()
+    assert barriers == ([] if failed else [1])  # a failed rank must not wait for peers that may never come
+    cleanup()  # without a group: nothing to do
 
 
 @pytest.mark.slow

@@ -120,8 +120,9 @@ def train_run(
     Under torchrun every rank trains its shard (DistributedDataParallel); only rank 0 writes the run folder
     and returns the summary, the others return {}."""
     dist: DistInfo = init_distributed(device=None if device in (None, "auto") else device)
+    failed = True
     try:
-        return _train_run(
+        summary = _train_run(
             arch,
             data,
             cfg,
@@ -135,8 +136,10 @@ def train_run(
             progress=progress,
             config_record=config_record,
         )
+        failed = False
+        return summary
     finally:
-        cleanup()
+        cleanup(failed=failed)
 
 
 def _train_run(

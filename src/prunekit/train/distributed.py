@@ -6,6 +6,7 @@ sets RANK / WORLD_SIZE / LOCAL_RANK; a plain `python` run gets the single-proces
 
 from __future__ import annotations
 
+import gc
 import os
 from dataclasses import dataclass
 from typing import TypeVar
@@ -64,8 +65,19 @@ def init_distributed(device: str | torch.device | None = None) -> DistInfo:
     return DistInfo(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
-def cleanup() -> None:
+def cleanup(*, failed: bool = False) -> None:
+    """Leave the process group together with the other ranks.
+
+    DistributedDataParallel wrappers sit in reference cycles that keep the gloo/nccl process group alive past
+    `destroy_process_group`; if one survives until interpreter shutdown, a peer that already exited makes
+    gloo's worker thread abort the process ("terminate called without an active exception", seen on CI about
+    one run in ten). So: free them now, wait for every rank, then destroy the group. After an error
+    (`failed=True`) the other ranks may never arrive, so don't wait: torchrun stops them.
+    """
     if tdist.is_available() and tdist.is_initialized():
+        gc.collect()
+        if not failed:
+            tdist.barrier()
         tdist.destroy_process_group()
 
 
