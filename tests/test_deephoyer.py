@@ -142,9 +142,9 @@ def test_structural_lenet300_removes_dead_rows_and_unused_columns():
         model.fc2.bias[3:5] = 0.0
         model.fc3.weight[:, 50] = 0.0  # fc2 unit 50 feeds nothing
         model.fc1.weight[100, :5] = 0.0  # a partial zero stays a mask
-    result = method(regularizer="l1", threshold="fixed", sensitivity=1e-4, structural=True).prune(
-        model, torch.rand(8, 1, 28, 28)
-    )
+    options = {"regularizer": "l1", "threshold": "fixed", "sensitivity": 1e-4, "structural": True}
+    calib = torch.rand(8, 1, 28, 28)
+    result = method(**options, fold_constants=False).prune(model, calib)
     assert result.plan["fc1"] == sorted(set(range(300)) - set(range(10)) - set(range(20, 25)))
     assert result.plan["fc2"] == sorted(set(range(100)) - {3, 4, 50})
     assert "fc3" not in result.plan  # the classifier's outputs are never removed
@@ -153,6 +153,12 @@ def test_structural_lenet300_removes_dead_rows_and_unused_columns():
     assert set(result.masks) == {"fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias", "fc3.weight", "fc3.bias"}
     assert not result.masks["fc1.weight"][85, :5].any()  # old row 100, after 15 rows went before it
     assert_same_outputs(result, model, torch.rand(16, 1, 28, 28), 1e-4)
+
+    # By default the constant unit 10 goes as well, its ReLU(0.5) folded into fc2's bias.
+    folded = method(**options).prune(model, calib)
+    assert folded.plan["fc1"] == [c for c in result.plan["fc1"] if c != 10]
+    assert folded.plan["fc2"] == result.plan["fc2"]
+    assert_same_outputs(folded, model, torch.rand(16, 1, 28, 28), 1e-4)
 
 
 def test_structural_lenet5_removes_dead_filters_and_channels_through_the_flatten():
@@ -168,9 +174,9 @@ def test_structural_lenet5_removes_dead_filters_and_channels_through_the_flatten
         model.fc1.weight[11] = 0.0
         model.fc1.bias[11] = 0.0
         model.fc2.weight[:, 42] = 0.0
-    result = method(regularizer="group_hs", threshold="fixed", sensitivity=1e-4, structural=True).prune(
-        model, torch.rand(8, 1, 28, 28)
-    )
+    options = {"regularizer": "group_hs", "threshold": "fixed", "sensitivity": 1e-4, "structural": True}
+    calib = torch.rand(8, 1, 28, 28)
+    result = method(**options, fold_constants=False).prune(model, calib)
     assert {name: len(kept) for name, kept in result.plan.items()} == {"conv1": 18, "conv2": 48, "fc1": 498}
     assert 0 in result.plan["conv1"] and 3 not in result.plan["conv1"] and 5 not in result.plan["conv1"]
     shapes = [tuple(result.model.get_submodule(n).weight.shape) for n in ("conv1", "conv2", "fc1", "fc2")]
@@ -180,6 +186,13 @@ def test_structural_lenet5_removes_dead_filters_and_channels_through_the_flatten
     x = torch.rand(16, 1, 28, 28)
     with torch.no_grad():
         torch.testing.assert_close(result.model.eval()(x), masked.eval()(x), rtol=1e-5, atol=1e-6)
+
+    # By default the constant map of conv1 filter 0 goes too: conv2 has no padding, so conv2's bias takes it.
+    folded = method(**options).prune(model, calib)
+    assert folded.plan["conv1"] == [c for c in result.plan["conv1"] if c != 0]
+    assert tuple(folded.model.conv2.weight.shape) == (48, 17, 5, 5)
+    with torch.no_grad():
+        torch.testing.assert_close(folded.model.eval()(x), masked(x), rtol=1e-5, atol=1e-5)
 
 
 def test_a_zero_filter_before_batchnorm_is_dead_only_when_gamma_and_beta_are_zero():
@@ -254,17 +267,19 @@ def test_sparsify_then_masked_finetune_keeps_the_zeros_exactly_zero():
 
 
 def test_prune_biases_lets_a_filter_with_dead_weights_disappear():
-    # conv2 filter 7: all weights zero, a tiny bias. Group regularisers leave biases alone, so by default the
-    # filter survives as a constant ReLU(bias) map; thresholding biases too (the MNIST release) removes it.
+    # conv2 filter 7: all weights zero, a tiny bias. Group regularisers leave biases alone, so without the
+    # constant fold the filter survives as a constant ReLU(bias) map; thresholding biases too (the MNIST
+    # release) removes it.
     model = create("lenet5")
     with torch.no_grad():
         model.conv2.weight[7] = 0.0
         model.conv2.bias[7] = 5e-5
     calib = torch.rand(8, 1, 28, 28)
-    kept = method(regularizer="group_hs", threshold="fixed", sensitivity=1e-4, structural=True).prune(
-        model, calib
-    )
+    options = {"regularizer": "group_hs", "threshold": "fixed", "sensitivity": 1e-4, "structural": True}
+    kept = method(**options, fold_constants=False).prune(model, calib)
     assert "conv2" not in kept.plan
+    folded = method(**options).prune(model, calib)  # the default: the constant goes into fc1's bias
+    assert folded.plan["conv2"] == [c for c in range(50) if c != 7]
     gone = method(
         regularizer="group_hs", threshold="fixed", sensitivity=1e-4, structural=True, prune_biases=True
     ).prune(model, calib)

@@ -10,6 +10,7 @@ import torch
 from prunekit import checkpoint
 from prunekit.cli import main
 from prunekit.data import build_loaders
+from prunekit.errors import ConfigError
 from prunekit.layerwise import (
     fed_batchnorms,
     layerwise_prune,
@@ -96,6 +97,47 @@ def test_zero_rate_stages_train_unless_skipped(tmp_path) -> None:
     assert not (tmp_path / "skip" / "stage001").exists()
     # LeNet-5 has no BN: conv weight and bias are the whole mask.
     assert set(skipped.masks) == {"conv1.weight", "conv1.bias"}
+
+
+def test_train_stages_mask_every_stage_but_train_only_the_listed_ones(tmp_path) -> None:
+    train, val = synthetic((1, 28, 28))
+    model = create("lenet5")
+    method = create_method("hrank", rates="[0.5]+[0.6]", n_images=32, schedule="layerwise", train_stages="2")
+    assert method.options.train_stages == (2,)  # the CLI's comma list, 1-based as HRank's cov_id
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = layerwise_prune(model, method, train, val, STAGE, run_dir=tmp_path)
+    assert [(s.trained, s.best_top1 is not None) for s in result.stages] == [(False, False), (True, True)]
+    assert not (tmp_path / "stage000").exists() and (tmp_path / "stage001" / "log.jsonl").is_file()
+    # Stage 1's mask still applies (and stays applied through stage 2's training): 10 of 20 filters.
+    weights = dict(result.model.named_parameters())
+    assert int((weights["conv1.weight"].detach().flatten(1).abs().sum(1) > 0).sum()) == 10
+    assert int((weights["conv2.weight"].detach().flatten(1).abs().sum(1) > 0).sum()) == 20
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            {"train_stages": [0, 5]},
+            r"train_stages must list stage numbers from 1 \(HRank's cov_id\), got \[0, 5\]",
+        ),
+        ({"train_stages": "1,x"}, r"option 'train_stages' of method 'hrank' must be a whole number, got 'x'"),
+        ({"train_stages": [1], "schedule": "oneshot"}, r"train_stages chooses stages of schedule=layerwise"),
+    ],
+)
+def test_bad_train_stages_are_refused(options: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        create_method("hrank", **{"schedule": "layerwise", **options})
+
+
+def test_train_stages_beyond_the_architecture_say_how_many_stages_it_has() -> None:
+    train, val = synthetic((1, 28, 28))
+    method = create_method("hrank", rates="0.5", schedule="layerwise", train_stages=[1, 3])
+    message = r"train_stages names stage 3, but lenet5 has 2 HRank stages \(1\.\.2, one per"
+    with warnings.catch_warnings(), pytest.raises(ConfigError, match=message):
+        warnings.simplefilter("ignore")
+        layerwise_prune(create("lenet5"), method, train, val, STAGE)
 
 
 def test_batchnorms_fed_by_a_conv_follow_concatenations() -> None:

@@ -297,6 +297,12 @@ def layerwise_prune(
     skip = method.options.skip_zero_rate_stages if skip_zero_rate_stages is None else skip_zero_rate_stages
     layout = layout_for(model)
     entries = _entries(layout, method.options.rates)  # a wrong compress_rate fails before any ranking
+    train_stages = method.options.train_stages
+    if train_stages is not None and max(train_stages) > len(layout.entries):
+        raise ConfigError(
+            f"train_stages names stage {max(train_stages)}, but {layout.arch} has {len(layout.entries)} "
+            f"HRank stages (1..{len(layout.entries)}, one per compress_rate entry)"
+        )
     _ensure_scores(model, method, layout, calib if calib is not None else train)
     example = _example(calib, train)
     model = copy.deepcopy(model)
@@ -308,16 +314,17 @@ def layerwise_prune(
         kept = _kept(method, convs, rate)
         masks = masks & filter_masks(model, kept, example, fed)
         prunes = any(len(k) < modules[c].out_channels for c, k in kept.items())
+        trains = (prunes or not skip) and (train_stages is None or entry + 1 in train_stages)
         handle = attach(model, masks)  # zeroes the new filters now, and every gradient of a masked weight
         try:
             best = None
-            if prunes or not skip:
+            if trains:
                 stage_dir = Path(run_dir) / f"stage{entry:03d}" if run_dir is not None else None
                 cfg = replace(stage_cfg, seed=stage_cfg.seed + entry)
                 best = _fine_tune_stage(model, train, val, cfg, handle, stage_dir, progress, device)
         finally:
             handle.remove()
-        stage = Stage(entry, convs, rate, {c: len(k) for c, k in kept.items()}, best, prunes or not skip)
+        stage = Stage(entry, convs, rate, {c: len(k) for c, k in kept.items()}, best, trains)
         stages.append(stage)
         if run_dir is not None:
             with open(Path(run_dir) / STAGES_LOG, "a", encoding="utf-8") as fh:

@@ -33,8 +33,7 @@ from prunekit.train import TrainConfig
 _TOP_KEYS = {"name", "model", "data", "dense", "method", "sparsify", "finetune", "published"}
 _DATA_KEYS = {"dataset", "normalize", "eval_batch_size", "root", "pretrained"}
 # Stage keys that describe the recipe rather than the optimiser.
-# `train_stages` (HRank ResNet-50: which layer-wise stages train) is recorded but not yet honoured.
-_STAGE_META = {"per_stage", "select", "checkpoint", "top1", "pretrained", "train_stages"}
+_STAGE_META = {"per_stage", "select", "checkpoint", "top1", "pretrained"}
 
 
 @dataclass

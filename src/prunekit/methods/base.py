@@ -139,6 +139,13 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
             except ValueError:
                 pass
         raise ConfigError(f"{where} must be a number, got {value!r}")
+    if typing.get_origin(hint) is tuple and typing.get_args(hint)[1:] == (Ellipsis,):
+        # A list in YAML or Python, or a comma-separated string on the command line.
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, (list, tuple)):
+            raise ConfigError(f"{where} must be a list, got {value!r}")
+        item_hint = typing.get_args(hint)[0]
+        return tuple(_coerce(v.strip() if isinstance(v, str) else v, item_hint, where) for v in items)
     if hint is str:
         if isinstance(value, str):
             return value

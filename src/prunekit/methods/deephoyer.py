@@ -11,13 +11,15 @@ under `surgery.masks.attach`. With ``structural=True`` every output channel whos
 entirely to zero, or whose every consumer's input channel (column) did, is removed physically through
 `surgery.apply`: the release only zeroes elements and reads structure off afterwards, but a dead channel
 computes nothing the network uses, so removing it changes no output (this is checked on the calibration
-batch). The zeros that remain stay as masks.
+batch). A filter whose weights died but whose bias did not outputs a constant; `fold_constants` removes it
+too and moves the constant into the consumer's bias wherever that is exact (`surgery.constants`). The
+zeros that remain stay as masks.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -27,8 +29,8 @@ from torch import Tensor, nn
 from prunekit.errors import ConfigError, SurgeryError, unknown_name
 from prunekit.methods import regularizers
 from prunekit.methods.base import Calib, Method, Plan, example_input, register_method
-from prunekit.models.layers import ZeroPadShortcut
 from prunekit.surgery.channels import apply
+from prunekit.surgery.constants import fold_constant_channels, shortcut_written
 from prunekit.surgery.graph import ChannelGraph
 from prunekit.surgery.masks import MaskSet, fold
 
@@ -54,6 +56,9 @@ class DeepHoyerOptions:
     # filter whose weights died disappear instead of surviving as a constant ReLU(bias) map.
     prune_biases: bool | None = None
     reproduce_grouping_bug: bool = False  # the release's dims-0/1 "fibre" groups (see regularizers)
+    # Structural only: also remove filters whose weights all died but whose bias (or BatchNorm) did not,
+    # folding their constant output into the consumer's bias where that is exact (`surgery.constants`).
+    fold_constants: bool = True
 
     def __post_init__(self) -> None:
         if self.regularizer not in regularizers.REGULARIZERS:
@@ -166,13 +171,28 @@ class DeepHoyer(Method):
         if not self.options.structural:
             return PruneResult(masked, masks, thresholds, {})
         example = example_input(calib, self.name)
+        checks = calib[:16] if calib is not None else example
         plan = zero_channel_plan(masked, example)
+        smaller = masked
+        if plan:
+            smaller = apply(masked, plan, example)
+            _check_same_outputs(masked, smaller, checks, plan)
+        if self.options.fold_constants and len(checks) > 1:
+            smaller, folded = fold_constant_channels(smaller, checks)
+            plan = _compose(plan, folded)
         if not plan:
             return PruneResult(masked, masks, thresholds, {})
-        smaller = apply(masked, plan, example)
-        _check_same_outputs(masked, smaller, calib[:16] if calib is not None else example, plan)
         # Surgery keeps parameter names, so the masks of the smaller model are its surviving zeros.
         return PruneResult(smaller, MaskSet.from_zeros(smaller, params=list(masks)), thresholds, plan)
+
+
+def _compose(first: Plan, then: Mapping[str, Sequence[int]]) -> Plan:
+    """The kept channels of `then` (indices after `first`) as indices before `first`."""
+    plan = dict(first)
+    for name, kept in then.items():
+        before = list(first[name]) if name in first else None
+        plan[name] = [before[k] for k in kept] if before is not None else list(kept)
+    return plan
 
 
 def zero_channel_plan(model: nn.Module, example: Tensor) -> Plan:
@@ -209,19 +229,13 @@ def _zero_output(graph: ChannelGraph, members: tuple[str, ...], width: int) -> T
         if module.bias is not None:
             dead &= (module.bias.detach() == 0).cpu()
     # BN(0) = β − γ·μ/σ is a constant, not zero, unless γ = β = 0; BNs in the coupling group share indices.
-    for dep, idxs in graph.group(members[0], range(width)):
+    for dep, _ in graph.group(members[0], range(width)):
         module = dep.target.module
         if isinstance(module, _BATCHNORMS) and module.num_features == width:
             if module.weight is None or module.bias is None:
                 return torch.zeros(width, dtype=torch.bool)
             dead &= ((module.weight.detach() == 0) & (module.bias.detach() == 0)).cpu()
-        elif isinstance(module, ZeroPadShortcut) and graph.dg.is_out_channel_pruning_fn(dep.handler):
-            # An option-A shortcut adds the previous stage's channel src[i] into channel dst[i] of this
-            # stream: those channels carry data even when every conv of the group has a zero filter.
-            # `idxs` lists the shortcut output index of each of the group's channels, in order.
-            written = set(module.dst.tolist())
-            dead &= torch.tensor([idx not in written for idx in idxs], dtype=torch.bool)
-    return dead
+    return dead & ~shortcut_written(graph, members, width)
 
 
 def _unused_output(graph: ChannelGraph, name: str, width: int) -> Tensor:

@@ -285,8 +285,19 @@ class HRankOptions:
     mode: Literal["remove", "mask"] = "remove"
     # HRank fine-tunes even the stages whose entry prunes nothing; True skips them (layerwise only).
     skip_zero_rate_stages: bool = False
+    # Layerwise only: the 1-based HRank stages (one per compress_rate entry) after which to fine-tune; the
+    # others only add their masks. HRank's ResNet-50 trains after the stem and each complete bottleneck
+    # (spec §3.1). None: every stage.
+    train_stages: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.train_stages is not None:
+            if self.schedule != "layerwise":
+                raise ConfigError("train_stages chooses stages of schedule=layerwise; the one-shot has none")
+            if not self.train_stages or min(self.train_stages) < 1:
+                got = list(self.train_stages)
+                raise ConfigError(f"train_stages must list stage numbers from 1 (HRank's cov_id), got {got}")
+            self.train_stages = tuple(sorted(set(self.train_stages)))
         parse_selection(PRESETS.get(self.rates.strip(), self.rates))  # syntax errors now, length at plan
         if self.n_images < 1 or self.batch_size < 1:
             raise ConfigError(

@@ -1,0 +1,182 @@
+"""Remove channels that output a constant, folding the constant into the layers that read them.
+
+A filter whose weights are all zero but whose bias (or following BatchNorm) is not outputs the same value
+at every position for every input. Element-wise operations (ReLU, BatchNorm, max-pooling, dropout in eval
+mode) keep it constant up to the next conv/linear layer, which therefore adds an input-independent term to
+its output. Where that term is also the same at every position (no zero padding sees the channel, e.g. a
+flatten into a linear layer, or an unpadded conv), it can move into the consumer's bias — or, for a
+bias-free consumer followed by BatchNorm, into that BatchNorm's running mean — and the channel can go.
+
+The term is measured, not derived: the model with the channels removed is compared with the original at
+each consumer's output on a batch of real inputs; the removal is kept only if the difference is the same
+for every sample and position and the final outputs then match. A group for which that fails keeps its
+channels, so folding never changes what the network computes.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+
+from prunekit.errors import ConfigError
+from prunekit.models.layers import ZeroPadShortcut
+from prunekit.surgery.channels import ChannelPlan, apply
+from prunekit.surgery.graph import ChannelGraph
+
+_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def shortcut_written(graph: ChannelGraph, members: tuple[str, ...], width: int) -> Tensor:
+    """Which of the group's `width` channels an option-A shortcut adds data into: such a channel carries
+    the previous stage's signal even when every conv of the group has a zero filter for it."""
+    written = torch.zeros(width, dtype=torch.bool)
+    for dep, idxs in graph.group(members[0], range(width)):
+        module = dep.target.module
+        if isinstance(module, ZeroPadShortcut) and graph.dg.is_out_channel_pruning_fn(dep.handler):
+            # `idxs` lists the shortcut output index of each of the group's channels, in order.
+            dst = set(module.dst.tolist())
+            written |= torch.tensor([idx in dst for idx in idxs], dtype=torch.bool)
+    return written
+
+
+def constant_channels(graph: ChannelGraph, members: tuple[str, ...], width: int) -> Tensor:
+    """Channels whose filter weights are zero in every layer of the coupling group (biases and
+    BatchNorms may be anything) and which no shortcut writes into."""
+    constant = torch.ones(width, dtype=torch.bool)
+    for name in members:
+        constant &= (graph.modules[name].weight.detach().flatten(1) == 0).all(1).cpu()
+    return constant & ~shortcut_written(graph, members, width)
+
+
+def fold_constant_channels(model: nn.Module, inputs: Tensor) -> tuple[nn.Module, ChannelPlan]:
+    """A copy of `model` without its constant-output channels (see the module docstring), and the channels
+    each layer that lost some kept (indices into `model`'s channels). `inputs` (a few real samples, at
+    least two) trace the model and measure and check every fold. Each coupling group keeps at least one
+    channel. `model` is not modified; `apply(model, plan)` alone would drop the constants the copy folded."""
+    if inputs.dim() < 2 or len(inputs) < 2:
+        raise ConfigError("folding constant channels needs a batch of at least two inputs to check them on")
+    current = copy.deepcopy(model).eval()
+    inputs = inputs.detach()
+    example = inputs[:1]
+    plan: dict[str, list[int]] = {}
+    tried: set[tuple[str, ...]] = set()
+    while True:
+        graph = ChannelGraph(current, example)
+        step = _next_group(graph, tried)
+        if step is None:
+            return current, plan
+        members, kept, consumers = step
+        tried.add(members)
+        trial = apply(current, dict.fromkeys(members, kept), example).eval()
+        if _fold(current, trial, consumers, inputs):
+            for name in members:
+                previous = plan.get(name, list(range(graph.out_channels(name))))
+                plan[name] = [previous[k] for k in kept]
+            current = trial
+
+
+def _next_group(
+    graph: ChannelGraph, tried: set[tuple[str, ...]]
+) -> tuple[tuple[str, ...], list[int], list[str]] | None:
+    groups: dict[tuple[str, ...], int] = {}
+    for layer in graph.prunable_layers():
+        groups.setdefault(layer.group, layer.out_channels)
+    for members, width in groups.items():
+        if members in tried:
+            continue
+        constant = constant_channels(graph, members, width)
+        if not bool(constant.any()):
+            continue
+        effect = graph.full_effect(members[0])
+        if effect.reaches_output:
+            continue  # a constant network output is still an output
+        kept = (~constant).nonzero().flatten().tolist() or [0]
+        if len(kept) < width:
+            return members, kept, sorted(effect.in_removed)
+    return None
+
+
+def _fold(original: nn.Module, trial: nn.Module, consumers: list[str], inputs: Tensor) -> bool:
+    """Move what the removed channels contributed to each consumer into its bias (or the BatchNorm after
+    it); False, with `trial` unusable, if a contribution is not one constant per output channel or the
+    outputs then differ."""
+    if not consumers:
+        return False
+    batchnorms = [n for n, m in trial.named_modules() if isinstance(m, _BATCHNORMS)]
+    with torch.no_grad(), _outputs(original, consumers) as before, _outputs(trial, consumers) as after:
+        with _inputs_of(trial, batchnorms) as bn_inputs:
+            expected = original(inputs)
+            trial(inputs)
+    modules = dict(trial.named_modules())
+    for name in consumers:
+        (_, a), (b_tensor, b) = before[name], after[name]
+        if a.shape != b.shape:
+            return False
+        diff = (a - b).double()
+        channel_dim = 1 if isinstance(modules[name], nn.modules.conv._ConvNd) else diff.dim() - 1
+        others = [d for d in range(diff.dim()) if d != channel_dim]
+        shift = diff.mean(dim=others, keepdim=True)
+        tolerance = 1e-5 * max(1.0, float(a.abs().max()))
+        if float((diff - shift).abs().max()) > tolerance:
+            return False  # the term depends on the input or the position (zero padding): keep the channels
+        shift = shift.flatten().to(a.dtype)
+        layer = modules[name]
+        if layer.bias is not None:
+            target, sign = layer.bias, 1.0
+        else:
+            # A bias-free consumer followed by BN: BN with running mean μ of (y + s) is BN with μ − s of y
+            # (in training mode the batch mean absorbs the constant anyway).
+            bn = next((modules[n] for n, x in bn_inputs.items() if x is b_tensor), None)
+            target, sign = getattr(bn, "running_mean", None), -1.0
+        if target is None or target.shape != shift.shape:
+            return False
+        with torch.no_grad():
+            target += sign * shift.to(target.device)
+    with torch.no_grad():
+        got = trial(inputs)
+    tolerance = 1e-5 * max(1.0, float(expected.abs().max()))
+    return bool(torch.allclose(got, expected, rtol=1e-4, atol=tolerance))
+
+
+@contextmanager
+def _outputs(model: nn.Module, names: Iterable[str]) -> Iterator[dict[str, tuple[Tensor, Tensor]]]:
+    """Per named module, its output in the next forward pass: the tensor itself (so that the next module's
+    input can be recognised by identity) and a copy of its values (an in-place ReLU may overwrite it)."""
+    store: dict[str, tuple[Tensor, Tensor]] = {}
+    modules = dict(model.named_modules())
+
+    def keep(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, _i: object, out: Tensor) -> None:
+            store[name] = (out, out.clone())
+
+        return hook
+
+    handles = [modules[n].register_forward_hook(keep(n)) for n in names]
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
+
+
+@contextmanager
+def _inputs_of(model: nn.Module, names: Iterable[str]) -> Iterator[dict[str, Tensor]]:
+    store: dict[str, Tensor] = {}
+    modules = dict(model.named_modules())
+
+    def keep(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, args: tuple[Tensor, ...]) -> None:
+            store[name] = args[0]
+
+        return hook
+
+    handles = [modules[n].register_forward_pre_hook(keep(n)) for n in names]
+    try:
+        yield store
+    finally:
+        for h in handles:
+            h.remove()
