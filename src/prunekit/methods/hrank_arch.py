@@ -225,7 +225,9 @@ def _fallback(model: nn.Module, arch: str) -> ArchLayout:
     if unmatched:
         # Pre-ReLU maps are almost always full rank (HRank issue #13), so these scores are weak.
         message += f"; no ReLU follows {', '.join(unmatched)}, which are ranked on their raw output"
-    warnings.warn(message, stacklevel=3)
+    # Attributed to this line, not to the caller: one run asks for the layout from several places, and
+    # Python's default filter then says it once.
+    warnings.warn(message, stacklevel=1)
     return ArchLayout(arch, tuple(entries), tuple(taps), fallback=True)
 
 

@@ -94,10 +94,18 @@ def _next_group(
         effect = graph.full_effect(members[0])
         if effect.reaches_output:
             continue  # a constant network output is still an output
+        if any(_padded(graph.modules[name]) for name in effect.in_removed):
+            continue  # the border sees zeros, the rest the constant: not one bias (and not worth a trial)
         kept = (~constant).nonzero().flatten().tolist() or [0]
         if len(kept) < width:
             return members, kept, sorted(effect.in_removed)
     return None
+
+
+def _padded(layer: nn.Module) -> bool:
+    if not isinstance(layer, nn.modules.conv._ConvNd):
+        return False
+    return layer.padding != "valid" and any(p != 0 for p in layer.padding)  # "same" counts as padded
 
 
 def _fold(original: nn.Module, trial: nn.Module, consumers: list[str], inputs: Tensor) -> bool:
