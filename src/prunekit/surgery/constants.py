@@ -16,14 +16,14 @@ channels, so folding never changes what the network computes.
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
 
 from prunekit.errors import ConfigError
 from prunekit.models.layers import ZeroPadShortcut
+from prunekit.models.probe import probe
 from prunekit.surgery.channels import ChannelPlan, apply
 from prunekit.surgery.graph import ChannelGraph
 
@@ -114,12 +114,20 @@ def _fold(original: nn.Module, trial: nn.Module, consumers: list[str], inputs: T
     outputs then differ."""
     if not consumers:
         return False
-    batchnorms = [n for n, m in trial.named_modules() if isinstance(m, _BATCHNORMS)]
-    with torch.no_grad(), _outputs(original, consumers) as before, _outputs(trial, consumers) as after:
-        with _inputs_of(trial, batchnorms) as bn_inputs:
-            expected = original(inputs)
-            trial(inputs)
-    modules = dict(trial.named_modules())
+    # Outputs are kept as the tensor itself (to recognise it as a BatchNorm's input by identity) and a copy
+    # of its values (an in-place ReLU may overwrite it).
+    before: dict[str, tuple[Tensor, Tensor]] = {}
+    after: dict[str, tuple[Tensor, Tensor]] = {}
+    bn_inputs: dict[str, Tensor] = {}
+    originals, modules = dict(original.named_modules()), dict(trial.named_modules())
+    expected = probe(
+        original, inputs, [originals[n].register_forward_hook(_keep(before, n)) for n in consumers]
+    )
+    hooks = [modules[n].register_forward_hook(_keep(after, n)) for n in consumers]
+    for n, m in modules.items():
+        if isinstance(m, _BATCHNORMS):
+            hooks.append(m.register_forward_pre_hook(lambda _m, args, n=n: bn_inputs.__setitem__(n, args[0])))
+    probe(trial, inputs, hooks)
     for name in consumers:
         (_, a), (b_tensor, b) = before[name], after[name]
         if a.shape != b.shape:
@@ -144,47 +152,13 @@ def _fold(original: nn.Module, trial: nn.Module, consumers: list[str], inputs: T
             return False
         with torch.no_grad():
             target += sign * shift.to(target.device)
-    with torch.no_grad():
-        got = trial(inputs)
+    got = probe(trial, inputs)
     tolerance = 1e-5 * max(1.0, float(expected.abs().max()))
     return bool(torch.allclose(got, expected, rtol=1e-4, atol=tolerance))
 
 
-@contextmanager
-def _outputs(model: nn.Module, names: Iterable[str]) -> Iterator[dict[str, tuple[Tensor, Tensor]]]:
-    """Per named module, its output in the next forward pass: the tensor itself (so that the next module's
-    input can be recognised by identity) and a copy of its values (an in-place ReLU may overwrite it)."""
-    store: dict[str, tuple[Tensor, Tensor]] = {}
-    modules = dict(model.named_modules())
+def _keep(store: dict[str, tuple[Tensor, Tensor]], name: str) -> Callable[..., None]:
+    def hook(_m: nn.Module, _i: object, out: Tensor) -> None:
+        store[name] = (out, out.clone())
 
-    def keep(name: str) -> Callable[..., None]:
-        def hook(_m: nn.Module, _i: object, out: Tensor) -> None:
-            store[name] = (out, out.clone())
-
-        return hook
-
-    handles = [modules[n].register_forward_hook(keep(n)) for n in names]
-    try:
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextmanager
-def _inputs_of(model: nn.Module, names: Iterable[str]) -> Iterator[dict[str, Tensor]]:
-    store: dict[str, Tensor] = {}
-    modules = dict(model.named_modules())
-
-    def keep(name: str) -> Callable[..., None]:
-        def hook(_m: nn.Module, args: tuple[Tensor, ...]) -> None:
-            store[name] = args[0]
-
-        return hook
-
-    handles = [modules[n].register_forward_pre_hook(keep(n)) for n in names]
-    try:
-        yield store
-    finally:
-        for h in handles:
-            h.remove()
+    return hook
