@@ -64,8 +64,9 @@ def fold_constant_channels(model: nn.Module, inputs: Tensor) -> tuple[nn.Module,
     example = inputs[:1]
     plan: dict[str, list[int]] = {}
     tried: set[tuple[str, ...]] = set()
+    graph: ChannelGraph | None = None
     while True:
-        graph = ChannelGraph(current, example)
+        graph = graph or ChannelGraph(current, example)  # traced again only after a fold changed the model
         step = _next_group(graph, tried)
         if step is None:
             return current, plan
@@ -76,7 +77,7 @@ def fold_constant_channels(model: nn.Module, inputs: Tensor) -> tuple[nn.Module,
             for name in members:
                 previous = plan.get(name, list(range(graph.out_channels(name))))
                 plan[name] = [previous[k] for k in kept]
-            current = trial
+            current, graph = trial, None
 
 
 def _next_group(
