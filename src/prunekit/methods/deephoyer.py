@@ -158,8 +158,10 @@ class DeepHoyer(Method):
         return masks
 
     def plan(self, model: nn.Module, calib: Calib | None) -> Plan:
-        """The dead channels the structural mode removes, indexed in the thresholded model (`prune` applies
-        them to it; on the unthresholded `model` they are only near-zero). Empty element-wise."""
+        """The channels the structural mode keeps, indexed in the thresholded model (`prune` applies them
+        to it; on the unthresholded `model` the removed ones are only near-zero). Empty element-wise. The
+        folded constant channels also changed their consumers' biases, so the pruned network is
+        `prune(...).model`, not `apply(model, plan)`."""
         return self.prune(model, calib).plan
 
     def prune(self, model: nn.Module, calib: Calib | None = None) -> PruneResult:
