@@ -26,6 +26,7 @@ from prunekit.errors import ConfigError, unknown_name
 from prunekit.methods.selection import parse_selection
 from prunekit.models.densenet import DenseNet
 from prunekit.models.googlenet import GoogLeNet
+from prunekit.models.lenet import LeNet5
 from prunekit.models.resnet_cifar import CifarResNet
 from prunekit.models.resnet_imagenet import ImageNetResNet
 from prunekit.models.vgg import VGG16BN
@@ -189,12 +190,18 @@ def _imagenet_resnet(model: ImageNetResNet, arch: str) -> ArchLayout:
     return ArchLayout(arch, tuple(entries), tuple(taps), flops_entries=tuple(flops))
 
 
+def _lenet5(model: LeNet5, arch: str) -> ArchLayout:
+    # Not one of HRank's models; its two convs are ranked after their ReLUs, HRank's rule everywhere (§1.2).
+    return ArchLayout(arch, (("conv1",), ("conv2",)), (Tap("conv1", "relu1"), Tap("conv2", "relu2")))
+
+
 _FAMILIES = (
     (CifarResNet, _cifar_resnet),
     (VGG16BN, _vgg16),
     (DenseNet, _densenet),
     (GoogLeNet, _googlenet),
     (ImageNetResNet, _imagenet_resnet),
+    (LeNet5, _lenet5),
 )
 
 
