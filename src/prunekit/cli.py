@@ -452,7 +452,8 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="method option, repeatable (e.g. --option seed=3)",
+        help="method option, repeatable (e.g. --option seed=3; lists as 1,5,8); an unknown KEY lists the "
+        "method's options",
     )
     sel = p.add_mutually_exclusive_group()
     sel.add_argument("--ratio", type=float, help="remove this fraction of every prunable layer")
