@@ -8,7 +8,8 @@ Issue 3 §8. One run builds, from the same randomly initialised ResNet-56 (optio
   16/32/64 widths move in steps, so the exact fractions are not reachable; the reached MACs are printed);
 - ``low-rank NC ~2x``: every 3x3 stride-1 conv with as many inputs as outputs (all block convs but the
   two downsampling ones; the 3-channel stem would barely shrink) decomposed with the NC scheme at one
-  rank fraction, chosen the same way to come closest to 0.5 of the dense MACs.
+  rank fraction, chosen the same way to come closest to 0.5 of the dense MACs;
+- ``low-rank NC ~2x r%8``: the same with every rank rounded to a multiple of 8.
 
 All models are timed by `prunekit.measure.compare_latency`, interleaved round by round on the deployed
 form (BN folded, then `torch.jit.freeze` / `torch.compile` / eager per ``--mode``), one table per batch
@@ -95,8 +96,9 @@ def decomposable(model: nn.Module) -> list[str]:
     ]
 
 
-def low_rank(model: nn.Module, target: float, dense_macs: int) -> Variant:
-    """NC decomposition of `decomposable` convs at rank round(f * width), f closest to `target` x dense.
+def low_rank(model: nn.Module, target: float, dense_macs: int, multiple: int = 1) -> Variant:
+    """NC decomposition of `decomposable` convs at rank round(f * width), f closest to `target` x dense;
+    with `multiple` > 1 every rank is rounded to a multiple of it (SIMD-friendly widths).
 
     A rank-r NC factor of an n x c x 3 x 3 conv costs r (9c + n) MACs per position instead of 9cn."""
     layers = decomposable(model)
@@ -104,7 +106,10 @@ def low_rank(model: nn.Module, target: float, dense_macs: int) -> Variant:
     layer_macs = {row.name: row.macs for row in cost(model, INPUT_SHAPE).layers if row.name in convs}
 
     def ranks(f: float) -> dict[str, int]:
-        return {name: max(1, round(f * conv.out_channels)) for name, conv in convs.items()}
+        return {
+            name: max(multiple, multiple * round(f * conv.out_channels / multiple))
+            for name, conv in convs.items()
+        }
 
     def macs_at(f: float) -> float:
         saved = 0.0
@@ -117,9 +122,8 @@ def low_rank(model: nn.Module, target: float, dense_macs: int) -> Variant:
     f = closest(GRID, fraction_of, target)
     decomposed = decompose(model, {name: ("NC", rank) for name, rank in ranks(f).items()}).eval()
     detail = f"rank {f:.4f} x width ({sorted(set(ranks(f).values()))}) on {len(layers)} 3x3 stride-1 convs"
-    return Variant(
-        f"low-rank NC ~{round(1 / target)}x", decomposed, cost(decomposed, INPUT_SHAPE).macs, detail
-    )
+    name = f"low-rank NC ~{round(1 / target)}x" + (f" r%{multiple}" if multiple > 1 else "")
+    return Variant(name, decomposed, cost(decomposed, INPUT_SHAPE).macs, detail)
 
 
 def build_variants(seed: int) -> list[Variant]:
@@ -132,6 +136,7 @@ def build_variants(seed: int) -> list[Variant]:
         l1_pruned(dense, example, 0.5),
         l1_pruned(dense, example, 0.25),
         low_rank(dense, 0.5, dense_macs),
+        low_rank(dense, 0.5, dense_macs, multiple=8),
     ]
 
 
