@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.methods.hrank import hrank_scores
-from prunekit.methods.hrank_arch import Tap, layout_for
+from prunekit.methods.hrank.layouts import Tap, layout_for
 from prunekit.models import create
 
 

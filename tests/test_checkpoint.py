@@ -4,7 +4,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from prunekit import checkpoint
+from prunekit import model_file as checkpoint
 from prunekit.errors import CheckpointError
 from prunekit.models import create
 

@@ -9,7 +9,7 @@ import torch
 import yaml
 
 from conftest import SYNTHETIC_28
-from prunekit import checkpoint
+from prunekit import model_file as checkpoint
 from prunekit.cli import main
 
 TINY = [*SYNTHETIC_28, "--epochs", "2", "--lr", "0.05"]

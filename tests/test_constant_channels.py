@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from prunekit import checkpoint
+from prunekit import model_file as checkpoint
 from prunekit.errors import ConfigError
 from prunekit.models import create
 from prunekit.surgery.constants import fold_constant_channels

@@ -13,8 +13,9 @@ from prunekit.data import DeviceLoader, load_dataset
 from prunekit.errors import ConfigError
 from prunekit.measure.sparsity import sparsity_report
 from prunekit.methods.base import create_method
-from prunekit.methods.deephoyer import DeepHoyer, DeepHoyerOptions, zero_channel_plan
+from prunekit.methods.deephoyer import DeepHoyer, DeepHoyerOptions
 from prunekit.models import create
+from prunekit.surgery.dead_channels import zero_channel_plan
 from prunekit.surgery.masks import MaskSet, attach, fold
 from prunekit.train import TrainConfig, fit
 

@@ -7,7 +7,7 @@ import torch
 
 import prunekit
 from prunekit.cli import main
-from prunekit.methods.regularizers import REGULARIZERS
+from prunekit.methods.deephoyer.regularizers import REGULARIZERS
 
 
 def _data(root) -> list[str]:

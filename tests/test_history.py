@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import prunekit
-from prunekit import checkpoint
+from prunekit import model_file as checkpoint
 from prunekit.errors import CheckpointError
 from prunekit.models import create
 from prunekit.surgery import LowRankConv2d, MaskSet, apply, decompose

@@ -13,7 +13,7 @@ import prunekit.methods.hrank as hrank
 from prunekit.errors import ConfigError
 from prunekit.methods.base import create_method
 from prunekit.methods.hrank import HRank, HRankOptions, feature_map_ranks, hrank_scores, hrank_select
-from prunekit.methods.hrank_arch import Tap, compress_rates, conv_rates, layout_for
+from prunekit.methods.hrank.layouts import Tap, compress_rates, conv_rates, layout_for
 from prunekit.models import create
 
 

@@ -12,7 +12,7 @@ import yaml
 from prunekit.measure.conventions import hrank_flops, hrank_params
 from prunekit.measure.hrank_counter import hrank_legacy_count, pruned_filters
 from prunekit.methods.hrank import hrank_legacy_cost, true_pruned_cost
-from prunekit.methods.hrank_arch import PRESETS, compress_rates, layout_for
+from prunekit.methods.hrank.layouts import PRESETS, compress_rates, layout_for
 from prunekit.models import create
 
 RECIPES = sorted((Path(__file__).resolve().parents[1] / "recipes" / "hrank").glob("*.yaml"))

@@ -7,20 +7,20 @@ import warnings
 import pytest
 import torch
 
-from prunekit import checkpoint
+from prunekit import model_file as checkpoint
 from prunekit.cli import main
 from prunekit.data import build_loaders
 from prunekit.errors import ConfigError
-from prunekit.layerwise import (
+from prunekit.measure import cost
+from prunekit.methods import create_method
+from prunekit.methods.hrank import hrank_legacy_cost
+from prunekit.methods.hrank.schedule import (
     fed_batchnorms,
     layerwise_prune,
     mask_prune,
     paper_cost,
     remove_dead_channels,
 )
-from prunekit.measure import cost
-from prunekit.methods import create_method
-from prunekit.methods.hrank import hrank_legacy_cost
 from prunekit.models import create
 from prunekit.train import TrainConfig, evaluate
 

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from prunekit.errors import ConfigError
-from prunekit.methods import regularizers as R
+from prunekit.methods.deephoyer import regularizers as R
 
 
 def value_and_grad(fn, values) -> tuple[float, list]:

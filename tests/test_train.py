@@ -254,7 +254,7 @@ def test_channels_last_on_cpu_trains_and_checkpoints(tmp_path) -> None:
     fit(model, train, val, TrainConfig(epochs=1, channels_last="on"), run_dir=tmp_path, progress=False)
     assert model[0].weight.is_contiguous(memory_format=torch.channels_last)
     fresh = tiny_net(bn=True)
-    from prunekit.train.checkpoint import load_checkpoint
+    from prunekit.train.trainer_state import load_checkpoint
 
     load_checkpoint(tmp_path, fresh)
     assert all(

@@ -12,7 +12,7 @@ from prunekit.errors import (
 __version__ = "0.1.0"
 
 # The one-call API, imported on first use so `import prunekit` (and the CLI's error path) stays light.
-_LAZY = {"prune": "prunekit.pipeline", "load": "prunekit.checkpoint", "save": "prunekit.checkpoint"}
+_LAZY = {"prune": "prunekit.pipeline", "load": "prunekit.model_file", "save": "prunekit.model_file"}
 
 
 def __getattr__(name: str) -> object:

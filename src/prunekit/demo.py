@@ -13,7 +13,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from prunekit import checkpoint
+from prunekit import model_file as checkpoint
 from prunekit.pipeline import DataSpec, PruneSpec, compare_models, prune_run, train_run
 from prunekit.report import RunFolder, comparison_markdown, comparison_table, plot_accuracy_vs_macs
 from prunekit.report.tables import ComparisonRow

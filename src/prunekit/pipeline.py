@@ -15,13 +15,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit import checkpoint
+from prunekit import model_file as checkpoint
 from prunekit.data import build_loaders
 from prunekit.errors import ConfigError
-from prunekit.layerwise import hrank_run
 from prunekit.measure import CONVENTION, compare_latency, cost, sparsity_report
 from prunekit.methods import Method, create_method, method_class
 from prunekit.methods.hrank import HRank
+from prunekit.methods.hrank.schedule import hrank_run
 from prunekit.models import create, default_input_shape
 from prunekit.report import RunFolder, comparison_markdown, plot_curves, plot_widths
 from prunekit.report.tables import ComparisonRow

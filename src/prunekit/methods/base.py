@@ -8,15 +8,15 @@ stage (only for methods that override them), and ``plan`` to decide what to remo
 from __future__ import annotations
 
 import dataclasses
-import types
 import typing
 from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar, Union
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from prunekit.errors import ConfigError, PrunekitError, unknown_name
+from prunekit.methods.options import coerce
 from prunekit.methods.selection import BudgetResult, Selection, meet_budget, parse_selection, pruned_count
 from prunekit.surgery.graph import prunable_layers
 
@@ -91,68 +91,8 @@ def create_method(name: str, **options: Any) -> Method:
             raise ConfigError(
                 f"method {name!r} has no option {key!r}; valid options: {', '.join(sorted(fields)) or 'none'}"
             )
-        values[key] = _coerce(value, hints[key], f"option {key!r} of method {name!r}")
+        values[key] = coerce(value, hints[key], f"option {key!r} of method {name!r}")
     return cls(cls.Options(**values))
-
-
-_TRUE, _FALSE = {"true", "yes", "on", "1"}, {"false", "no", "off", "0"}
-
-
-def _coerce(value: Any, hint: Any, where: str) -> Any:
-    """Convert `value` to the annotated type `hint`, or raise ConfigError naming `where`."""
-    if typing.get_origin(hint) in (Union, types.UnionType):
-        members = typing.get_args(hint)
-        if value is None and type(None) in members:
-            return None
-        errors = []
-        for member in (m for m in members if m is not type(None)):
-            try:
-                return _coerce(value, member, where)
-            except ConfigError as exc:
-                errors.append(str(exc))
-        raise ConfigError(errors[0])
-    if typing.get_origin(hint) is typing.Literal:
-        choices = typing.get_args(hint)
-        if value not in choices:
-            raise ConfigError(f"{where} must be one of {', '.join(map(repr, choices))}, got {value!r}")
-        return value
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise ConfigError(f"{where} must be true or false, got {value!r}")
-    if hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
-        raise ConfigError(f"{where} must be a whole number, got {value!r}")
-    if hint is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ConfigError(f"{where} must be a number, got {value!r}")
-    if typing.get_origin(hint) is tuple and typing.get_args(hint)[1:] == (Ellipsis,):
-        # A list in YAML or Python, or a comma-separated string on the command line.
-        items = value.split(",") if isinstance(value, str) else value
-        if not isinstance(items, (list, tuple)):
-            raise ConfigError(f"{where} must be a list, got {value!r}")
-        item_hint = typing.get_args(hint)[0]
-        return tuple(_coerce(v.strip() if isinstance(v, str) else v, item_hint, where) for v in items)
-    if hint is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return repr(value)
-        raise ConfigError(f"{where} must be a string, got {value!r}")
-    return value
 
 
 def example_input(calib: Calib | None, method: str) -> Tensor:

@@ -20,7 +20,6 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from prunekit.errors import ConfigError, DataError, PrunekitError
-from prunekit.train.checkpoint import load_checkpoint, save_checkpoint
 from prunekit.train.config import TrainConfig
 from prunekit.train.distributed import DistInfo, all_reduce_sum, broadcast_from_main
 from prunekit.train.losses import training_loss
@@ -30,6 +29,7 @@ from prunekit.train.progress import EpochReporter, make_reporter
 from prunekit.train.rng import rng_state, seed_everything, set_rng_state
 from prunekit.train.runlog import append_record, reconcile_epochs
 from prunekit.train.schedules import LRSchedule
+from prunekit.train.trainer_state import load_checkpoint, save_checkpoint
 
 BAR_REFRESH_S = 0.5
 

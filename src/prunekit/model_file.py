@@ -177,7 +177,7 @@ def _read_header_metadata(path: Path) -> dict[str, str]:
         if not looks_safetensors and (head[:2] in _PICKLE_MAGIC or head[:2] == b"PK"):
             raise CheckpointError(
                 f"{path} looks like a pickle / torch.save file; prunekit never unpickles model files. "
-                "Convert it with `prunekit.checkpoint.save(model, ...)` from code you trust."
+                "Convert it with `prunekit.model_file.save(model, ...)` from code you trust."
             )
         if n <= 0 or n > size - 8:
             raise CheckpointError(

@@ -27,10 +27,10 @@ from torch import Tensor, nn
 from prunekit.errors import ConfigError, SurgeryError
 from prunekit.measure import CONVENTION, cost
 from prunekit.measure.hrank_counter import LegacyCost, hrank_legacy_count
-from prunekit.methods.deephoyer import zero_channel_plan
-from prunekit.methods.hrank import HRank, hrank_scores, hrank_select
-from prunekit.methods.hrank_arch import ArchLayout, compress_rates, layout_for
+from prunekit.methods.hrank.criterion import HRank, hrank_scores, hrank_select
+from prunekit.methods.hrank.layouts import ArchLayout, compress_rates, layout_for
 from prunekit.surgery import MaskHandle, MaskSet, apply, attach, fold, record_masks
+from prunekit.surgery.dead_channels import zero_channel_plan
 from prunekit.train import TrainConfig, fit
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)

@@ -2,7 +2,7 @@
 
 The criterion (specs/hrank.md §1): for every ranked conv, the matrix rank of each output channel's H×W
 map, averaged over a few hundred training images. Maps are taken where HRank's code hooks them (after
-the ReLU, sometimes after a max-pool or the residual add; see `hrank_arch`). Ranks are computed inside
+the ReLU, sometimes after a max-pool or the residual add; see `layouts`). Ranks are computed inside
 forward hooks, one batched SVD per layer and batch, so memory never exceeds one layer's maps.
 
 `HRank` is the one-shot variant (HRankPlus): score once on the dense model, then a plan that physically
@@ -28,7 +28,7 @@ from prunekit.measure.cost import Cost, cost
 from prunekit.measure.hrank_counter import LegacyCost, hrank_legacy_count, pruned_filters
 from prunekit.methods.base import Calib, Method, Plan, example_input, prunable_groups, register_method
 from prunekit.methods.base import select_kept as stable_select_kept
-from prunekit.methods.hrank_arch import PRESETS, EntryOrder, Tap, conv_rates, layout_for
+from prunekit.methods.hrank.layouts import PRESETS, EntryOrder, Tap, conv_rates, layout_for
 from prunekit.methods.selection import parse_selection
 from prunekit.models import create, default_input_shape
 from prunekit.surgery.channels import apply as apply_plan
@@ -102,7 +102,7 @@ def hrank_scores(
     `batches` is an (N, C, H, W) tensor (split into `batch_size` chunks) or an iterable of batches or
     (images, labels) pairs — HRank uses the shuffled, augmented training set; pass a seeded loader to
     make the ranks reproducible. The first `n_images` images are used. The model runs in eval mode
-    without gradients on its own device; `taps` default to the architecture's (`hrank_arch.layout_for`).
+    without gradients on its own device; `taps` default to the architecture's (`layouts.layout_for`).
     """
     if n_images < 1:
         raise ConfigError(f"n_images must be at least 1, got {n_images}")
@@ -270,7 +270,7 @@ def true_pruned_cost(arch: str, compress_rate: str | Sequence[float]) -> Cost:
 @dataclass
 class HRankOptions:
     """`rates` is HRank's compress_rate: a list expression in HRank's entry order
-    (``"[0.1]+[0.60]*35+..."``), a preset name (`hrank_arch.PRESETS`) or one rate for every entry."""
+    (``"[0.1]+[0.60]*35+..."``), a preset name (`layouts.PRESETS`) or one rate for every entry."""
 
     rates: str = "0.5"
     n_images: int = DEFAULT_IMAGES
@@ -280,7 +280,7 @@ class HRankOptions:
     # (original HRank: one mask-and-fine-tune stage per entry, §3.1).
     schedule: Literal["oneshot", "layerwise"] = "oneshot"
     # One-shot only: "remove" prunes physically (HRankPlus); "mask" zeroes the filters as HRank's own
-    # code does, then removes only the channels that are truly dead (`prunekit.layerwise`). The
+    # code does, then removes only the channels that are truly dead (`prunekit.methods.hrank.schedule`). The
     # layerwise schedule always masks.
     mode: Literal["remove", "mask"] = "remove"
     # HRank fine-tunes even the stages whose entry prunes nothing; True skips them (layerwise only).
