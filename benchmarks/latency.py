@@ -34,7 +34,7 @@ from torch import nn
 
 from prunekit.measure import LatencyResult, compare_latency, cost
 from prunekit.methods import create_method
-from prunekit.methods.selection import MacCounter
+from prunekit.methods.budget import MacCounter
 from prunekit.models import create
 from prunekit.surgery import apply_with_report, decompose
 

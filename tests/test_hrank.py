@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import prunekit.methods.hrank as hrank
+import prunekit.methods.hrank.criterion as hrank
 from prunekit.errors import ConfigError
 from prunekit.methods.base import create_method
 from prunekit.methods.hrank import HRank, HRankOptions, feature_map_ranks, hrank_scores, hrank_select

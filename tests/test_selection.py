@@ -9,7 +9,8 @@ from torch import nn
 from prunekit.errors import ConfigError
 from prunekit.methods import create_method
 from prunekit.methods.base import layer_ratios, prunable_groups
-from prunekit.methods.selection import Budget, MacCounter, parse_selection, resolve_ratios, solve_budget
+from prunekit.methods.budget import MacCounter, solve_budget
+from prunekit.methods.selection import Budget, parse_selection, resolve_ratios
 from prunekit.models import create
 
 LAYERS = ["features.0", "features.3", "layer1.0.conv1", "layer1.0.conv2", "layer2.0.conv1"]

@@ -1,9 +1,10 @@
 """`prunekit demo`: the main job on the embedded Fashion-MNIST subset, offline, in a few minutes on a CPU.
 
-Trains LeNet-5 on the packaged real images, prunes it with each one-shot criterion at the same ratio
-(L1, FPGM, random, HRank) and with DeepHoyer's Group-HS regulariser (a short sparsify stage, then the filters
-and neurons that fell to zero are removed), fine-tunes briefly, and prints / writes one table (accuracy,
-params, MACs, deployed latency at batch 1 and 64, all models timed interleaved) plus plots.
+Trains LeNet-5 on the packaged real images, prunes it with every method that declares a demo schedule
+(`Method.demo`): the one-shot criteria at the same ratio, the regularisers with their own short sparsify
+stage (then the filters and neurons that fell to zero are removed), fine-tunes briefly, and prints /
+writes one table (accuracy, params, MACs, deployed latency at batch 1 and 64, all models timed
+interleaved) plus plots.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ from pathlib import Path
 
 from rich.console import Console
 
-from prunekit import model_file as checkpoint
+from prunekit import model_file
+from prunekit.methods import Schedule, list_methods, method_class
 from prunekit.pipeline import DataSpec, PruneSpec, compare_models, prune_run, train_run
 from prunekit.report import RunFolder, comparison_markdown, comparison_table, plot_accuracy_vs_macs
 from prunekit.report.tables import ComparisonRow
@@ -22,20 +24,18 @@ from prunekit.train import TrainConfig
 DEMO_DATA = "fashion_mnist_mini"
 DEMO_ARCH = "lenet5"
 DEMO_RATIO = 0.5
-# (label, method, options, sparsify epochs): one-shot criteria at DEMO_RATIO per layer, and DeepHoyer, whose
-# regulariser decides the widths itself (decay/sensitivity tuned for this short schedule, not the paper's).
-DEMO_METHODS = (
-    ("l1 50%", "l1", {}, 0),
-    ("fpgm 50%", "fpgm", {}, 0),
-    ("random 50%", "random", {}, 0),
-    ("hrank 50%", "hrank", {"n_images": 256}, 0),
-    (
-        "deephoyer group-HS",
-        "deephoyer",
-        {"regularizer": "group_hs", "decay": 0.01, "sensitivity": 0.8, "structural": True},
-        3,
-    ),
-)
+
+
+def demo_methods() -> list[tuple[str, str, Schedule]]:
+    """(label, method, schedule) of every registered method that declares a demo schedule: one-shot
+    criteria at DEMO_RATIO per layer, regularisers with their own short sparsify stage."""
+    runs = []
+    for name in list_methods():
+        schedule = method_class(name).demo
+        if schedule is not None:
+            suffix = schedule.label or (f"{DEMO_RATIO:.0%}" if schedule.sparsify_epochs == 0 else "")
+            runs.append((f"{name} {suffix}".strip(), name, schedule))
+    return runs
 
 
 def run_demo(out: Path, epochs: int = 8, finetune_epochs: int = 3, seed: int = 0) -> list[ComparisonRow]:
@@ -65,24 +65,20 @@ def run_demo(out: Path, epochs: int = 8, finetune_epochs: int = 3, seed: int = 0
     )
     finetune = TrainConfig.from_dict({**cfg.to_dict(), "epochs": finetune_epochs, "lr": 0.01})
     pruned: dict[str, dict] = {}
-    for label, method, options, sparsify_epochs in DEMO_METHODS:
+    runs = demo_methods()
+    for label, method, schedule in runs:
         console.rule(f"{label}: prune, fine-tune {finetune_epochs} epochs")
-        one_shot = sparsify_epochs == 0
+        one_shot = schedule.sparsify_epochs == 0
         sparsify = None
         if not one_shot:
             sparsify = TrainConfig.from_dict(
-                {
-                    "epochs": sparsify_epochs,
-                    "optimizer": "adam",
-                    "lr": 1e-3,
-                    "schedule": "constant",
-                    "weight_decay": 0.0,
-                    "seed": seed,
-                }
+                {"epochs": schedule.sparsify_epochs, "seed": seed, **schedule.sparsify}
             )
         pruned[label] = prune_run(
             out / "dense" / "model.safetensors",
-            PruneSpec(method, options=options, ratio=DEMO_RATIO if one_shot else None, calib_images=256),
+            PruneSpec(
+                method, options=schedule.options, ratio=DEMO_RATIO if one_shot else None, calib_images=256
+            ),
             data,
             out / method,
             sparsify=sparsify,
@@ -91,8 +87,8 @@ def run_demo(out: Path, epochs: int = 8, finetune_epochs: int = 3, seed: int = 0
         )
 
     console.rule("timing all models interleaved (deployed: BN folded + frozen, 1 thread)")
-    models = {"dense": checkpoint.load(out / "dense" / "model.safetensors")}
-    models.update({label: checkpoint.load(out / m / "model.safetensors") for label, m, _, _ in DEMO_METHODS})
+    models = {"dense": model_file.load(out / "dense" / "model.safetensors")}
+    models.update({label: model_file.load(out / m / "model.safetensors") for label, m, _ in runs})
     measured = compare_models(models, tuple(dense["input_shape"]), (1, 64))
     rows = [
         ComparisonRow(
@@ -126,10 +122,10 @@ def run_demo(out: Path, epochs: int = 8, finetune_epochs: int = 3, seed: int = 0
         "report.md",
         "# prunekit demo\n\n"
         f"LeNet-5 trained {epochs} epochs on the embedded Fashion-MNIST subset (6,000 train / 1,000 test "
-        f"images), then pruned by each one-shot criterion at {DEMO_RATIO:.0%} per layer (HRank on LeNet-5 "
-        "uses its fallback taps and prunes the convs only) and by DeepHoyer Group-HS (3 regularised epochs, "
-        "then the filters and neurons that fell to zero are removed), each fine-tuned "
-        f"{finetune_epochs} epochs. Latency: deployed form, 1 thread, all models timed interleaved.\n\n"
+        f"images), then pruned by each one-shot criterion at {DEMO_RATIO:.0%} per layer and by each "
+        "regulariser after its own short sparsify stage (then the filters and neurons that fell to zero are "
+        f"removed), each fine-tuned {finetune_epochs} epochs. Latency: deployed form, 1 thread, all models "
+        "timed interleaved.\n\n"
         + comparison_markdown(rows)
         + "\n![accuracy vs MACs](accuracy_vs_macs.png)\n\n![dense training](dense/curves.png)\n",
     )

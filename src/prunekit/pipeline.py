@@ -7,6 +7,7 @@ evaluate → run folder. Every stage writes the same run-folder layout so runs c
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,17 +16,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from prunekit import model_file as checkpoint
+from prunekit import model_file
 from prunekit.data import build_loaders
 from prunekit.errors import ConfigError
 from prunekit.measure import CONVENTION, compare_latency, cost, sparsity_report
-from prunekit.methods import Method, create_method, method_class
-from prunekit.methods.hrank import HRank
-from prunekit.methods.hrank.schedule import hrank_run
+from prunekit.methods import Method, Pruned, Selection, Stage, create_method, meet
 from prunekit.models import create, default_input_shape
 from prunekit.report import RunFolder, comparison_markdown, plot_curves, plot_widths
 from prunekit.report.tables import ComparisonRow
-from prunekit.surgery import MaskSet, apply, attach, record_masks
+from prunekit.surgery import attach, record_masks
 from prunekit.train import TrainConfig, evaluate, fit
 from prunekit.train.distributed import DistInfo, cleanup, init_distributed
 
@@ -60,6 +59,10 @@ class DataSpec:
             normalize=self.normalize,
             **self.options,
         )
+
+    def recorded(self) -> dict[str, Any]:
+        """What a model file records about its data, so later runs take the same dataset and inputs."""
+        return {"dataset": self.name, "normalize": self.normalize}
 
     @classmethod
     def of_checkpoint(cls, info: dict[str, Any], path: str | Path) -> DataSpec:
@@ -169,10 +172,19 @@ def _train_run(
     torch.manual_seed(cfg.seed)  # the initial weights are part of the run: same seed, same model
     model = create(arch, **kwargs)
     check_runs_on(model, shape, f"{arch} on {data.name}")
-    teacher = checkpoint.load(teacher_path, device=dev).eval() if teacher_path else None
+    teacher = model_file.load(teacher_path, device=dev).eval() if teacher_path else None
     run = RunFolder(out, exist_ok=True) if dist.is_main else None
-    if run is not None and config_record is not None:
-        run.write_config(config_record)
+    if run is not None:
+        run.write_config(
+            {
+                **(config_record or {}),
+                "arch": arch,
+                "model_kwargs": dict(model_kwargs or {}),
+                "data": _plain(dataclasses.asdict(data)),
+                "train": cfg.to_dict(),
+                "teacher": teacher_path,
+            }
+        )
     started = time.time()
     result = fit(
         model,
@@ -186,44 +198,42 @@ def _train_run(
         device=dev,
         dist=dist,
     )
-    summary: dict[str, Any] = {}
-    if run is not None:
-        model = model.to("cpu").eval()
-        measured = measure_model(model, shape, latency_batches)
-        summary = {
-            "kind": "train",
-            "arch": arch,
-            "dataset": data.name,
-            "input_shape": list(shape),
-            "top1": result.final_top1,
-            "best_top1": result.best_top1,
-            "epochs": result.epochs_run,
-            "wall_time_s": time.time() - started,
-            **measured,
-        }
-        info = {
+    if run is None:
+        return {}
+    model = model.to("cpu").eval()
+    measured = measure_model(model, shape, latency_batches)
+    summary = RunSummary(
+        "train",
+        data.name,
+        list(shape),
+        time.time() - started,
+        arch=arch,
+        top1=result.final_top1,
+        best_top1=result.best_top1,
+        epochs=result.epochs_run,
+        measured=measured,
+    )
+    row = ComparisonRow(arch, result.final_top1, measured["params"], measured["macs"], measured["latency_ms"])
+    return finish_run(
+        run,
+        model,
+        summary,
+        info={
             "top1": result.final_top1,
             "macs": measured["macs"],
-            "dataset": data.name,
-            "normalize": data.normalize,
+            **data.recorded(),
             "input_shape": list(shape),
-        }
-        checkpoint.save(model, run.file("model.safetensors"), info=info)
-        history = run.read_log() or list(result.history)
-        plots = []
-        if history:
-            plots.append(plot_curves(history, run.file("curves.png"), title=f"{arch} on {data.name}").name)
-        run.write_summary(summary)
-        row = ComparisonRow(
-            arch, result.final_top1, measured["params"], measured["macs"], measured["latency_ms"]
-        )
-        run.write_text("report.md", _report_md(f"Training run: {arch} on {data.name}", [row], summary, plots))
-    return summary
+        },
+        title=f"Training run: {arch} on {data.name}",
+        rows=[row],
+        history=run.read_log() or list(result.history),
+        curves_title=f"{arch} on {data.name}",
+    )
 
 
 def evaluate_checkpoint(path: str, data: DataSpec, device: str | None = None) -> dict[str, Any]:
     dev = resolve_device(device)
-    model = checkpoint.load(path, device=dev)
+    model = model_file.load(path, device=dev)
     _, val_loader, _ = dataclasses.replace(data, limit_train=1).loaders(dev)
     return evaluate(model, val_loader, device=dev)
 
@@ -233,7 +243,7 @@ def load_for_profile(
 ) -> tuple[nn.Module, tuple[int, int, int]]:
     """A checkpoint path or a zoo name → (model, per-image input shape)."""
     if Path(target).suffix == ".safetensors" or Path(target).is_file():
-        model = checkpoint.load(target)
+        model = model_file.load(target)
         shape = input_shape or tuple(model.prunekit_info.get("input_shape", ()))
         if not shape:
             arch = model.prunekit_arch
@@ -243,15 +253,120 @@ def load_for_profile(
     return model, tuple(input_shape) if input_shape else default_input_shape(target)  # type: ignore[return-value]
 
 
-def _report_md(title: str, rows: list[ComparisonRow], summary: dict[str, Any], plots: list[str]) -> str:
-    lines = [f"# {title}", "", comparison_markdown(rows)]
-    if "wall_time_s" in summary:
-        lines.append(f"Wall time: {summary['wall_time_s']:.1f} s.\n")
+def _report_md(title: str, rows: list[ComparisonRow], summary: RunSummary, plots: list[str]) -> str:
+    lines = [f"# {title}", "", comparison_markdown(rows), f"Wall time: {summary.wall_time_s:.1f} s.\n"]
     lines += [f"![{name}]({name})\n" for name in plots]
     return "\n".join(lines)
 
 
+@dataclass
+class RunSummary:
+    """What a run's summary.json holds (`to_dict` is its JSON form). Train and fine-tune runs fill `arch` or
+    `source`, `top1`, `best_top1`, `epochs` and `measured`; prune runs fill the method fields, `dense` and
+    `pruned` (each a measured record with accuracies) and the widths. `method_details` go under the
+    method's own name (``summary[method]``)."""
+
+    kind: str
+    dataset: str
+    input_shape: list[int]
+    wall_time_s: float
+    arch: str | None = None
+    source: str | None = None
+    top1: float | None = None
+    best_top1: float | None = None
+    epochs: int | None = None
+    measured: dict[str, Any] = field(default_factory=dict)
+    method: str | None = None
+    selection: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+    dense: dict[str, Any] = field(default_factory=dict)
+    pruned: dict[str, Any] = field(default_factory=dict)
+    widths_before: dict[str, int] = field(default_factory=dict)
+    widths_after: dict[str, int] = field(default_factory=dict)
+    sparsity: dict[str, Any] | None = None
+    budget: dict[str, Any] | None = None
+    method_details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "dataset": self.dataset, "input_shape": self.input_shape}
+        if self.kind == "prune":
+            out |= {
+                "method": self.method,
+                "selection": self.selection,
+                "options": self.options,
+                "dense": self.dense,
+                "pruned": self.pruned,
+                "mac_speedup": self.dense["macs"] / max(1, self.pruned["macs"]),
+                "widths_before": self.widths_before,
+                "widths_after": self.widths_after,
+                "sparsity": self.sparsity,
+                "budget": self.budget,
+            }
+            if self.method_details:
+                out[str(self.method)] = self.method_details
+        else:
+            out |= {k: v for k, v in (("arch", self.arch), ("source", self.source)) if v is not None}
+            out |= {"top1": self.top1, "best_top1": self.best_top1, "epochs": self.epochs, **self.measured}
+        out["wall_time_s"] = self.wall_time_s
+        return out
+
+
+def finish_run(
+    run: RunFolder,
+    model: nn.Module,
+    summary: RunSummary,
+    *,
+    info: dict[str, Any],
+    title: str,
+    rows: list[ComparisonRow],
+    history: list[dict[str, Any]],
+    curves_title: str,
+    widths: tuple[dict[str, int], dict[str, int]] | None = None,
+) -> dict[str, Any]:
+    """The one tail of every run: model file, plots, summary.json and report.md; returns the summary."""
+    model_file.save(model, run.file("model.safetensors"), info=info)
+    plots = []
+    if widths is not None:
+        plots.append(plot_widths(*widths, run.file("widths.png"), title=f"{title}: output channels").name)
+    if history:
+        plots.append(plot_curves(history, run.file("curves.png"), title=curves_title).name)
+    record = summary.to_dict()
+    run.write_summary(record)
+    run.write_text("report.md", _report_md(title, rows, summary, plots))
+    return record
+
+
 # ---------------------------------------------------------------- pruning
+
+
+@dataclass
+class PruneSpec:
+    """A method, its options, and the layer selection: at most one of ratio / ratios / target_macs /
+    speedup / target_density (none: the method's own default)."""
+
+    method: str
+    options: dict[str, Any] = field(default_factory=dict)
+    ratio: float | None = None
+    ratios: str | None = None
+    target_macs: float | None = None
+    speedup: float | None = None
+    target_density: float | None = None
+    calib_images: int | None = None  # None: what the method asks for (`Method.calib_images`)
+
+    def selection(self) -> Selection | None:
+        return Selection.of(
+            ratio=self.ratio,
+            ratios=self.ratios,
+            target_macs=self.target_macs,
+            speedup=self.speedup,
+            target_density=self.target_density,
+        )
+
+    def build(self) -> Method:
+        """The configured method; every option and the selection are checked here, before any work."""
+        if self.calib_images is not None and self.calib_images < 1:
+            raise ConfigError(f"calib_images must be at least 1, got {self.calib_images}")
+        return create_method(self.method, self.selection(), **self.options)
 
 
 def build_method(
@@ -261,31 +376,14 @@ def build_method(
     ratios: str | None = None,
     target_macs: float | None = None,
     speedup: float | None = None,
+    target_density: float | None = None,
     options: dict[str, Any] | None = None,
 ) -> Method:
-    """A configured method; the layer selection (one of ratio / ratios / target_macs / speedup) goes to the
-    method's own selection option (`rates` for per-layer criteria, `ratio` for global ones)."""
-    candidates = {"ratio": ratio, "ratios": ratios, "target_macs": target_macs, "speedup": speedup}
-    given = {k: v for k, v in candidates.items() if v is not None}
-    if len(given) > 1:
-        raise ConfigError(f"give one of ratio / ratios / target_macs / speedup, not {', '.join(given)}")
-    opts = dict(options or {})
-    fields = getattr(method_class(method).Options, "__dataclass_fields__", {})
-    if given:
-        ((key, value),) = given.items()
-        if "rates" in fields:
-            selection = {
-                "ratio": str(value),
-                "ratios": str(value),
-                "target_macs": f"target_macs={value}",
-                "speedup": f"speedup={value}",
-            }[key]
-            opts["rates"] = selection
-        elif "ratio" in fields and key == "ratio":
-            opts["ratio"] = float(value)
-        else:
-            raise ConfigError(f"method {method!r} does not take {key}; its options: {', '.join(fields)}")
-    return create_method(method, **opts)
+    """A configured method: the selection is parsed once, here at the edge, and handed to the method."""
+    selection = Selection.of(
+        ratio=ratio, ratios=ratios, target_macs=target_macs, speedup=speedup, target_density=target_density
+    )
+    return create_method(method, selection, **(options or {}))
 
 
 def prune(
@@ -297,36 +395,41 @@ def prune(
     ratios: str | None = None,
     target_macs: float | None = None,
     speedup: float | None = None,
+    target_density: float | None = None,
     calib: torch.Tensor | None = None,
     **options: Any,
 ) -> nn.Module:
-    """One-shot pruning: score with `method`, remove channels physically, return the smaller model.
+    """One-shot pruning: `method` decides what goes, the surgery removes it; returns the smaller model.
 
     The input model is not modified. `calib` (a batch of real inputs) feeds data-driven criteria; without it
-    `example_input` is used. Methods that need a sparsify stage (slimming, ...) should be run through
-    `prune_run`/`prunekit prune --sparsify-epochs`; here their plan is taken from the weights as they are.
-    """
+    `example_input` is used. Methods that train while pruning (a sparsify stage, HRank's layer-wise
+    schedule) need a run (`prune_run` / `prunekit prune`); here a regulariser's plan is taken from the
+    weights as they are, and a schedule that needs data is refused. Masks that remain are recorded on the
+    returned model (``model.prunekit_masks``)."""
     m = build_method(
-        method, ratio=ratio, ratios=ratios, target_macs=target_macs, speedup=speedup, options=options
+        method,
+        ratio=ratio,
+        ratios=ratios,
+        target_macs=target_macs,
+        speedup=speedup,
+        target_density=target_density,
+        options=options,
     )
     calib = example_input if calib is None else calib
-    pruned, _ = run_method(m, model, calib)
+    m.prepare(model, calib)
+    return prune_stage(m, model, calib).model
+
+
+def prune_stage(method: Method, model: nn.Module, calib: torch.Tensor, stage: Stage | None = None) -> Pruned:
+    """The prune stage: the method's `prune` with its budget met (`methods.budget.meet`), and the masks that
+    remain recorded on the pruned model so its file keeps them."""
+    pruned = meet(method, model, calib, stage)
+    if pruned.masks is not None and all(bool(m.all()) for m in pruned.masks.values()):
+        pruned.masks = None
+    if pruned.masks is not None:
+        record_masks(pruned.model, pruned.masks)
+        pruned.masks = pruned.model.prunekit_masks
     return pruned
-
-
-def run_method(method: Method, model: nn.Module, calib: torch.Tensor) -> tuple[nn.Module, MaskSet | None]:
-    """Apply a configured method to a copy of `model`: (smaller model, masks of zeros it must keep or None).
-
-    Methods that threshold weights themselves (DeepHoyer) expose `prune(model, calib)`; the rest give a
-    channel plan that the surgery applies. Masks are recorded as an edit, so the saved file keeps them."""
-    method.prepare(model, calib)
-    if callable(getattr(method, "prune", None)):
-        result = method.prune(model, calib)
-        if not any(not bool(m.all()) for m in result.masks.values()):
-            return result.model, None
-        record_masks(result.model, result.masks)
-        return result.model, result.model.prunekit_masks
-    return apply(model, method.plan(model, calib), calib[:1]), None
 
 
 def layer_widths(model: nn.Module) -> dict[str, int]:
@@ -351,15 +454,18 @@ def calibration_batch(loader: Any, n_images: int) -> torch.Tensor:
     return torch.cat(chunks)[:n_images]
 
 
-@dataclass
-class PruneSpec:
-    method: str
-    options: dict[str, Any] = field(default_factory=dict)
-    ratio: float | None = None
-    ratios: str | None = None
-    target_macs: float | None = None
-    speedup: float | None = None
-    calib_images: int = 128
+def sparsify_stage(method: Method, model: nn.Module, stage: Stage, cfg: TrainConfig | None) -> nn.Module:
+    """Regularised training with the method's hooks, when the run asks for it (or the method declares its
+    own length in steps); the model is trained in place and returned."""
+    steps = method.sparsify_steps(len(stage.train))
+    if steps is not None and cfg is not None:
+        cfg = dataclasses.replace(cfg, epochs=max(1, math.ceil(steps / len(stage.train))))
+    if cfg is None or cfg.epochs <= 0:
+        return model
+    if not type(method).needs_sparsify():
+        raise ConfigError(f"method {method.name!r} has no sparsify stage; drop --sparsify-epochs")
+    stage.fit(model, cfg, hooks=[method], subdir="sparsify")
+    return model
 
 
 def prune_run(
@@ -375,137 +481,95 @@ def prune_run(
     progress: bool | None = None,
     config_record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """checkpoint → (sparsify) → plan → surgery → (fine-tune) → evaluate → run folder `out`."""
+    """build → prepare → sparsify → prune → fine-tune → measure, into run folder `out`."""
     started = time.time()
-    dense, data, train_loader, val_loader, shape, run, dev = _open_stage(
-        checkpoint_path, data, out, device, config_record
+    method = spec.build()
+    dense, data, train_loader, val_loader, shape, run, dev = _open_stage(checkpoint_path, data, out, device)
+    run.write_config(
+        {
+            **(config_record or {}),
+            "checkpoint": str(checkpoint_path),
+            "method": method.name,
+            "options": _plain(dataclasses.asdict(method.options)),
+            "selection": method.selection.spec if method.selection is not None else None,
+            "calib_images": spec.calib_images,
+            "data": _plain(dataclasses.asdict(data)),
+            "sparsify": sparsify.to_dict() if sparsify else None,
+            "finetune": finetune.to_dict() if finetune else None,
+        }
     )
-    method = build_method(
-        spec.method,
-        ratio=spec.ratio,
-        ratios=spec.ratios,
-        target_macs=spec.target_macs,
-        speedup=spec.speedup,
-        options=spec.options,
-    )
+    stage = Stage(train_loader, val_loader, finetune, run.path, dev, progress)
     dense_eval = evaluate(dense, val_loader, device=dev)
-    model = dense
-    if sparsify is not None and sparsify.epochs > 0:
-        if not type(method).needs_sparsify():
-            raise ConfigError(f"method {spec.method!r} has no sparsify stage; drop --sparsify-epochs")
-        model = checkpoint.load(checkpoint_path, device="cpu")  # keep `dense` as the reference
-        fit(
-            model,
-            train_loader,
-            val_loader,
-            sparsify,
-            method=method,
-            run_dir=run.path / "sparsify",
-            progress=progress,
-            device=dev,
-        )
-    calib = calibration_batch(train_loader, spec.calib_images).to("cpu")
-    model = model.to("cpu").eval()
-    widths_before = layer_widths(model)
-    hrank_summary: dict[str, Any] | None = None
-    if isinstance(method, HRank):
-        # HRank has schedules of its own (layer-wise stages are the fine-tuning; masked configs) and
-        # reports both counts: HRank's paper convention and the true cost of the smaller model.
-        outcome = hrank_run(
-            model,
-            method,
-            train_loader,
-            val_loader,
-            finetune,
-            calib=calib,
-            run_dir=run.path,
-            progress=progress,
-            device=dev,
-        )
-        pruned, masks, hrank_summary = outcome.model, outcome.masks, outcome.summary()
-        finetune = finetune if outcome.needs_finetune else None
-    else:
-        pruned, masks = run_method(method, model, calib)
-    widths_after = layer_widths(pruned)
-    pruned_eval = evaluate(pruned, val_loader, device=dev)
-    history: list[dict[str, Any]] = []
-    if finetune is not None and finetune.epochs > 0:
-        handle = attach(pruned, masks) if masks else None
-        result = fit(
-            pruned,
-            train_loader,
-            val_loader,
-            finetune,
-            method=handle,
-            run_dir=run.path,
-            progress=progress,
-            device=dev,
-        )
-        history = run.read_log() or list(result.history)
-        final_top1 = result.final_top1
-    else:
-        final_top1 = pruned_eval["top1"]
-    pruned = pruned.to("cpu").eval()
-    dense = dense.to("cpu").eval()
-    measured = compare_models({"dense": dense, "pruned": pruned}, shape, latency_batches)
-    summary: dict[str, Any] = {
-        "kind": "prune",
-        "method": spec.method,
-        "selection": {k: v for k, v in vars(spec).items() if k != "options" and v is not None},
-        "options": spec.options,
-        "dataset": data.name,
-        "input_shape": list(shape),
-        "dense": {"top1": dense_eval["top1"], **measured["dense"]},
-        "pruned": {"top1_before_finetune": pruned_eval["top1"], "top1": final_top1, **measured["pruned"]},
-        "mac_speedup": measured["dense"]["macs"] / max(1, measured["pruned"]["macs"]),
-        "widths_before": widths_before,
-        "widths_after": widths_after,
-        "sparsity": sparsity_report(pruned).to_dict() if masks else None,
-        "budget": vars(method.budget) if getattr(method, "budget", None) is not None else None,
-        "wall_time_s": time.time() - started,
-        **({"hrank": hrank_summary} if hrank_summary is not None else {}),
-    }
-    info = {
-        "top1": final_top1,
-        "macs": measured["pruned"]["macs"],
-        "dataset": data.name,
-        "normalize": data.normalize,
-        "input_shape": list(shape),
-        "method": spec.method,
-    }
-    checkpoint.save(pruned, run.file("model.safetensors"), info=info)
-    plots = [
-        plot_widths(
-            widths_before,
-            widths_after,
-            run.file("widths.png"),
-            title=f"{spec.method}: output channels per layer",
-        ).name
-    ]
-    if history:
-        plots.append(
-            plot_curves(history, run.file("curves.png"), title=f"fine-tuning after {spec.method}").name
-        )
-    run.write_summary(summary)
+    model = model_file.load(checkpoint_path, device="cpu")  # `dense` stays the reference
+    calib = calibration_batch(train_loader, spec.calib_images or method.calib_images()).to("cpu")
+    method.prepare(model.eval(), calib)
+    model = sparsify_stage(method, model, stage, sparsify).to("cpu").eval()
+    pruned = prune_stage(method, model, calib, stage)
+    pruned_eval = evaluate(pruned.model, val_loader, device=dev)
+    final_top1, history = pruned_eval["top1"], []
+    if pruned.needs_finetune and finetune is not None and finetune.epochs > 0:
+        handle = attach(pruned.model, pruned.masks) if pruned.masks else None
+        result = stage.fit(pruned.model, hooks=[handle])
+        history, final_top1 = run.read_log() or list(result.history), result.final_top1
+    small = pruned.model.to("cpu").eval()
+    measured = compare_models({"dense": dense.to("cpu").eval(), "pruned": small}, shape, latency_batches)
+    summary = RunSummary(
+        "prune",
+        data.name,
+        list(shape),
+        time.time() - started,
+        method=method.name,
+        selection=method.selection.spec if method.selection is not None else None,
+        options=_plain(dataclasses.asdict(method.options)),
+        dense={"top1": dense_eval["top1"], **measured["dense"]},
+        pruned={"top1_before_finetune": pruned_eval["top1"], "top1": final_top1, **measured["pruned"]},
+        widths_before=layer_widths(model),
+        widths_after=layer_widths(small),
+        sparsity=sparsity_report(small).to_dict() if pruned.masks else None,
+        budget=dataclasses.asdict(pruned.budget) if pruned.budget is not None else None,
+        method_details=_plain(pruned.details),
+    )
     rows = [
+        ComparisonRow("dense", dense_eval["top1"], *_cost_cells(measured["dense"])),
         ComparisonRow(
-            "dense",
-            dense_eval["top1"],
-            measured["dense"]["params"],
-            measured["dense"]["macs"],
-            measured["dense"]["latency_ms"],
-        ),
-        ComparisonRow(
-            spec.method,
+            method.name,
             final_top1,
-            measured["pruned"]["params"],
-            measured["pruned"]["macs"],
-            measured["pruned"]["latency_ms"],
+            *_cost_cells(measured["pruned"]),
             note=f"{pruned_eval['top1']:.2f} % before fine-tuning",
         ),
     ]
-    run.write_text("report.md", _report_md(f"Pruning run: {spec.method}", rows, summary, plots))
-    return summary
+    return finish_run(
+        run,
+        small,
+        summary,
+        info={
+            "top1": final_top1,
+            "macs": measured["pruned"]["macs"],
+            **data.recorded(),
+            "input_shape": list(shape),
+            "method": method.name,
+        },
+        title=f"Pruning run: {method.name}",
+        rows=rows,
+        history=history,
+        curves_title=f"fine-tuning after {method.name}",
+        widths=(summary.widths_before, summary.widths_after),
+    )
+
+
+def _cost_cells(measured: dict[str, Any]) -> tuple[int, int, dict[int, float]]:
+    return measured["params"], measured["macs"], measured["latency_ms"]
+
+
+def _plain(value: Any) -> Any:
+    """JSON/YAML-ready: tuples as lists, tensors as lists, mappings as dicts."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return value
 
 
 def finetune_run(
@@ -522,8 +586,14 @@ def finetune_run(
 ) -> dict[str, Any]:
     """Fine-tune a (pruned) model file; masks stored in it are kept exactly zero."""
     started = time.time()
-    model, data, train_loader, val_loader, shape, run, dev = _open_stage(
-        checkpoint_path, data, out, device, config_record
+    model, data, train_loader, val_loader, shape, run, dev = _open_stage(checkpoint_path, data, out, device)
+    run.write_config(
+        {
+            **(config_record or {}),
+            "checkpoint": str(checkpoint_path),
+            "data": _plain(dataclasses.asdict(data)),
+            "train": cfg.to_dict(),
+        }
     )
     masks = getattr(model, "prunekit_masks", None)
     handle = attach(model, masks) if masks else None
@@ -532,7 +602,7 @@ def finetune_run(
         train_loader,
         val_loader,
         cfg,
-        method=handle,
+        hooks=[handle],
         run_dir=run.path,
         resume=resume,
         progress=progress,
@@ -540,34 +610,33 @@ def finetune_run(
     )
     model = model.to("cpu").eval()
     measured = measure_model(model, shape, latency_batches)
-    summary = {
-        "kind": "finetune",
-        "source": str(checkpoint_path),
-        "dataset": data.name,
-        "top1": result.final_top1,
-        "best_top1": result.best_top1,
-        "epochs": result.epochs_run,
-        "wall_time_s": time.time() - started,
-        **measured,
-    }
-    info = {
-        **model.prunekit_info,
-        "top1": result.final_top1,
-        "dataset": data.name,
-        "normalize": data.normalize,
-        "input_shape": list(shape),
-    }
-    checkpoint.save(model, run.file("model.safetensors"), info=info)
-    plots = []
-    history = run.read_log() or list(result.history)
-    if history:
-        plots.append(plot_curves(history, run.file("curves.png"), title="fine-tuning").name)
-    run.write_summary(summary)
-    row = ComparisonRow(
-        "fine-tuned", result.final_top1, measured["params"], measured["macs"], measured["latency_ms"]
+    summary = RunSummary(
+        "finetune",
+        data.name,
+        list(shape),
+        time.time() - started,
+        source=str(checkpoint_path),
+        top1=result.final_top1,
+        best_top1=result.best_top1,
+        epochs=result.epochs_run,
+        measured=measured,
     )
-    run.write_text("report.md", _report_md("Fine-tuning run", [row], summary, plots))
-    return summary
+    row = ComparisonRow("fine-tuned", result.final_top1, *_cost_cells(measured))
+    return finish_run(
+        run,
+        model,
+        summary,
+        info={
+            **model.prunekit_info,
+            "top1": result.final_top1,
+            **data.recorded(),
+            "input_shape": list(shape),
+        },
+        title="Fine-tuning run",
+        rows=[row],
+        history=run.read_log() or list(result.history),
+        curves_title="fine-tuning",
+    )
 
 
 def _open_stage(
@@ -575,18 +644,14 @@ def _open_stage(
     data: DataSpec | None,
     out: str | Path,
     device: str | None,
-    config_record: dict[str, Any] | None,
 ) -> tuple[nn.Module, DataSpec, Any, Any, tuple[int, int, int], RunFolder, torch.device]:
     """What a run that starts from a model file needs: the model (on CPU), its dataset (recorded in the
-    file unless given), the loaders, the per-image shape, the run folder (config written) and the device."""
+    file unless given), the loaders, the per-image shape, the run folder and the device."""
     dev = resolve_device(device)
-    model = checkpoint.load(checkpoint_path, device="cpu")
+    model = model_file.load(checkpoint_path, device="cpu")
     data = data or DataSpec.of_checkpoint(model.prunekit_info, checkpoint_path)
     train_loader, val_loader, train_set = data.loaders(dev)
-    run = RunFolder(out)
-    if config_record is not None:
-        run.write_config(config_record)
-    return model, data, train_loader, val_loader, input_shape_of(train_set), run, dev
+    return model, data, train_loader, val_loader, input_shape_of(train_set), RunFolder(out), dev
 
 
 def compare_models(

@@ -2,12 +2,12 @@
 
 Layout (every key but `published` drives the run):
 
-    name: hrank_resnet56_cifar10_93.17
+    name: <method>_resnet56_cifar10_<top1>
     model: {arch: resnet56, num_classes: 10, ...}        # zoo architecture + constructor arguments
     data: {dataset: cifar10, normalize: true, eval_batch_size: 1000}
     dense: {epochs: 250, batch_size: 100, lr: ...}        # train the baseline, or
     dense: {checkpoint: authors, top1: 93.26}             #   start from a pretrained file (--dense PATH)
-    method: {name: hrank, options: {rates: "...", ...}}
+    method: {name: <method>, options: {rates: "...", ...}}  # any registered method and its options
     sparsify: {epochs: ..., ...}                          # optional regularised training before pruning
     finetune: {epochs: ..., per_stage: true, ...}         # per_stage: epochs of each layer-wise stage
     published: {top1: ..., flops: ..., params: ...}       # the paper's numbers, shown beside ours
@@ -121,6 +121,8 @@ def run_recipe(
     """dense (trained or given) → prune with the recipe's method → summary beside the published numbers."""
     if not 0 < epochs_scale <= 1:
         raise ConfigError(f"--epochs-scale must be in (0, 1], got {epochs_scale:g}")
+    spec = PruneSpec(recipe.method, options=recipe.options)
+    spec.build()  # a mistyped method or option fails now, not after the dense stage
     run = RunFolder(out)
     data = DataSpec(
         recipe.data["dataset"],
@@ -163,9 +165,7 @@ def run_recipe(
     batch = (recipe.finetune or recipe.sparsify or recipe.dense).get("batch_size", 128)
     result = prune_run(
         dense_checkpoint,
-        PruneSpec(
-            recipe.method, options=recipe.options, calib_images=int(recipe.options.get("n_images", 128))
-        ),
+        spec,
         dataclasses.replace(data, batch_size=int(batch)),
         run.path / "pruned",
         sparsify=sparsify,
@@ -188,7 +188,7 @@ def run_recipe(
             "params": result["pruned"]["params"],
             "dense_macs": result["dense"]["macs"],
             "mac_speedup": result["mac_speedup"],
-            **({"hrank": result["hrank"]} if "hrank" in result else {}),
+            **({recipe.method: result[recipe.method]} if recipe.method in result else {}),
             **({"sparsity": result["sparsity"]} if result.get("sparsity") else {}),
         },
     }
@@ -217,11 +217,12 @@ def _recipe_report(recipe: Recipe, summary: dict[str, Any]) -> str:
     if "sparsity" in ours:
         sp = ours["sparsity"]
         rows.append(("weights + biases pruned", f"{100 * sp['pruned'] / sp['total']:.2f} %"))
-    if "hrank" in ours:
-        rows += [
-            (f"HRank legacy {k}", f"{v:,}" if isinstance(v, int) else str(v))
-            for k, v in ours["hrank"].items()
-        ]
+    details = ours.get(recipe.method) or {}
+    rows += [
+        (f"{recipe.method} {k}", f"{v:,}" if isinstance(v, int) else str(v))
+        for k, v in details.items()
+        if isinstance(v, (int, float, str))
+    ]
     lines = [
         f"# Recipe {recipe.name}",
         "",

@@ -15,7 +15,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from prunekit.data.augment import normalization_constants, normalize
-from prunekit.data.loader import EpochSharding
+from prunekit.data.sharding import EpochSharding
 from prunekit.errors import DataError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
+from prunekit.models.probe import probe
 
 CONVENTION = (
     "MACs = conv + linear multiply-accumulates per image; params = conv + linear weights and biases; "
@@ -192,17 +193,8 @@ def cost(model: nn.Module, input_shape: Sequence[int]) -> Cost:
         )
 
     device, dtype = _device_and_dtype(model)
-    training = {m: m.training for m in names}
-    handles = [m.register_forward_hook(hook) for m in hooked]
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(shape, device=device, dtype=dtype))
-    finally:
-        for h in handles:
-            h.remove()
-        for m, flag in training.items():
-            m.training = flag
+    example = torch.zeros(shape, device=device, dtype=dtype)
+    probe(model, example, [m.register_forward_hook(hook) for m in hooked])
 
     return Cost(
         params=sum(r.params for r in rows),

@@ -33,6 +33,7 @@ class _Tracer(torch.fx.Tracer):
 
 def _foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:
     """(conv name, bn name) pairs where the BN's only input is the conv's output and nothing else reads it."""
+    # Stricter than `models.probe.batchnorm_after`: folding rewrites the conv, so it must feed nothing else.
     graph = _Tracer().trace(model)
     modules = dict(model.named_modules())
     calls = Counter(node.target for node in graph.nodes if node.op == "call_module")

@@ -5,6 +5,8 @@ from prunekit.methods.base import (
     Calib,
     Method,
     Plan,
+    Pruned,
+    Schedule,
     ScoringMethod,
     create_method,
     list_methods,
@@ -12,7 +14,9 @@ from prunekit.methods.base import (
     register_method,
     select_kept,
 )
-from prunekit.methods.selection import Budget, BudgetResult, Selection, parse_selection, resolve_ratios
+from prunekit.methods.budget import BudgetResult, meet
+from prunekit.methods.selection import Budget, Selection, parse_selection, resolve_ratios
+from prunekit.methods.stage import Stage
 
 __all__ = [
     "Budget",
@@ -20,10 +24,14 @@ __all__ = [
     "Calib",
     "Method",
     "Plan",
+    "Pruned",
+    "Schedule",
     "ScoringMethod",
+    "Stage",
     "Selection",
     "create_method",
     "list_methods",
+    "meet",
     "method_class",
     "parse_selection",
     "register_method",

@@ -1,47 +1,139 @@
 """The Method protocol, the method registry, and what every filter-scoring method shares.
 
-A method is a small class with a registry name and a dataclass of typed options. The pipeline calls the
-hooks it defines: ``prepare`` once before anything else, ``penalty``/``after_step`` during the sparsify
-stage (only for methods that override them), and ``plan`` to decide what to remove.
+A method is a small class with a registry name, a dataclass of typed options and a parsed `Selection`
+(which layers lose how much). The pipeline calls its hooks in this order and never names a method:
+
+    prepare(model, calib)                    once, on the dense weights
+    penalty / after_backward / after_step    every step of the sparsify stage (training hooks)
+    prune(model, calib, stage) -> Pruned     default: surgery.apply(plan(model, calib))
+
+A budget (``target_macs`` / ``speedup`` / ``target_density`` in the selection) is met by `methods.budget`,
+which moves the method's declared `knob`. See docs/architecture.md for a complete example method.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import typing
-from dataclasses import dataclass
-from typing import Any, ClassVar, TypeVar
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from prunekit.errors import ConfigError, PrunekitError, unknown_name
+from prunekit.methods.budget import BudgetResult, meet_budget
 from prunekit.methods.options import coerce
-from prunekit.methods.selection import BudgetResult, Selection, meet_budget, parse_selection, pruned_count
+from prunekit.methods.selection import Selection, parse_selection, pruned_count
 from prunekit.surgery.graph import prunable_layers
+from prunekit.surgery.masks import MaskSet
+
+if TYPE_CHECKING:
+    from prunekit.methods.stage import Stage
 
 #: Channel plan: kept output indices (sorted) per layer name. Only `surgery` turns it into shapes.
 Plan = dict[str, list[int]]
 #: Calibration inputs: one batch (N, C, H, W) as the model expects it (normalised). ``calib[:1]`` is the
 #: example input used to trace the model; data-driven methods also score on it.
 Calib = Tensor
+#: What a budget counts: MACs of the physically smaller model, or the density of nonzero weights.
+BudgetKind = Literal["macs", "density"]
+
+
+@dataclass
+class Pruned:
+    """What `Method.prune` returns: the smaller model (a copy), the masks of zeros it must keep while
+    fine-tuning (recorded on the model, or None), method details for the run summary (JSON-ready), whether
+    the run's fine-tune stage should still run (False when pruning already fine-tuned, e.g. HRank's
+    layer-wise schedule), and the budget search that chose the knob (None without a budget)."""
+
+    model: nn.Module
+    masks: MaskSet | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    needs_finetune: bool = True
+    budget: BudgetResult | None = None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """A method's default schedule: what `prunekit compare` and the demo use when the user gives none.
+    Epochs of the run's training set (``sparsify_epochs=0``: one-shot); `sparsify` overrides the run's
+    TrainConfig for the sparsify stage (e.g. Adam at a constant lr); `options` are the method options of
+    that schedule; `label` names the configuration in tables."""
+
+    sparsify_epochs: int = 0
+    finetune_epochs: int = 10
+    sparsify: dict[str, Any] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+    label: str = ""
 
 
 class Method:
-    """Base class of every method. Subclasses set `name` and `Options` and override the hooks they need."""
+    """Base class of every method. Subclasses set `name` and `Options` and override the hooks they need.
+
+    `knob` names the one scalar a budget moves (an option name, or ``"ratio_scale"`` for methods whose
+    allocation scales per-layer ratios); `knob_range` bounds it, and cost must not grow with it.
+    `presets` are named selections (e.g. published compress-rates); `schedule` the default schedule.
+    """
 
     name: ClassVar[str]
     Options: ClassVar[type]
+    knob: ClassVar[str | None] = None
+    knob_range: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    presets: ClassVar[dict[str, str]] = {}
+    schedule: ClassVar[Schedule] = Schedule()
+    #: The short schedule of `prunekit demo` (LeNet-5, a few epochs), or None to leave the method out.
+    demo: ClassVar[Schedule | None] = None
 
-    def __init__(self, options: Any = None) -> None:
+    def __init__(self, options: Any = None, selection: Selection | None = None) -> None:
         self.options = self.Options() if options is None else options
+        self.selection = self.resolve_selection(selection)
+
+    # ------------------------------------------------------------ configuration
+
+    def resolve_selection(self, selection: Selection | None) -> Selection | None:
+        """The selection this method runs with; refuse forms it cannot honour. Default: budgets only."""
+        if selection is not None and (selection.rules or selection.sequence or selection.uniform is not None):
+            raise ConfigError(
+                f"method {self.name!r} chooses its own widths; it takes no per-layer ratios "
+                f"({selection.spec!r}), only a budget (target_macs=, speedup= or target_density=)"
+            )
+        return selection
+
+    def budget_kind(self) -> BudgetKind | None:
+        """What this configured method's budget counts; None when it cannot take one."""
+        return "macs" if self.knob is not None else None
+
+    def with_knob(self, value: float) -> Method:
+        """A copy of this method with its knob at `value` (the budget search's trial)."""
+        clone = copy.copy(self)
+        clone.options = dataclasses.replace(self.options, **{self.knob: value})  # type: ignore[misc]
+        clone.selection = None
+        return clone
+
+    def calib_images(self) -> int:
+        """How many training images the run draws for `prepare`/`prune` (tracing, data-driven scores)."""
+        return 128
+
+    # ------------------------------------------------------------ stages
 
     def prepare(self, model: nn.Module, calib: Calib | None) -> None:
-        """Decide anything fixed before training (e.g. the filters a regulariser pushes down)."""
+        """Decide anything fixed before training, on the dense weights (e.g. the filters TPP pushes down)."""
 
-    def penalty(self, model: nn.Module) -> Tensor | None:
+    def sparsify_steps(self, steps_per_epoch: int) -> int | None:
+        """Length of the sparsify stage in optimiser steps when the method decides it (a penalty schedule
+        that ends by itself); None: the run's sparsify epochs decide."""
+        return None
+
+    def penalty(self, model: nn.Module, step: int = 0) -> Tensor | None:
         """Term added to the loss in the sparsify stage; None when the method adds none."""
         return None
+
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        """Between backward() and the optimiser step: gradient edits (e.g. a nuclear-norm sub-gradient)."""
 
     def after_step(self, model: nn.Module, step: int) -> None:
         """Called after each optimiser step of the sparsify stage (projections, growing penalties)."""
@@ -49,10 +141,28 @@ class Method:
     def plan(self, model: nn.Module, calib: Calib | None) -> Plan:
         raise NotImplementedError(f"method {self.name!r} does not produce a plan")
 
+    def prune(self, model: nn.Module, calib: Calib | None, stage: Stage | None = None) -> Pruned:
+        """A pruned copy of `model`. Default: the channel plan applied by the surgery. `stage` carries the
+        run's data and fine-tune config for methods whose pruning trains; None outside a run."""
+        from prunekit.surgery import apply
+
+        plan = self.plan(model, calib)
+        return Pruned(
+            apply(model, plan, example_input(calib, self.name)), budget=getattr(self, "budget", None)
+        )
+
     @classmethod
     def needs_sparsify(cls) -> bool:
         """True when the method trains with a penalty or per-step edits before pruning."""
-        return cls.penalty is not Method.penalty or cls.after_step is not Method.after_step
+        return any(
+            getattr(cls, hook) is not getattr(Method, hook)
+            for hook in ("penalty", "after_backward", "after_step")
+        )
+
+    @classmethod
+    def summary_line(cls) -> str:
+        """One line describing the method: the first line of its docstring."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else cls.name
 
 
 _METHODS: dict[str, type[Method]] = {}
@@ -80,8 +190,9 @@ def method_class(name: str) -> type[Method]:
         raise unknown_name("method", name, list(_METHODS)) from None
 
 
-def create_method(name: str, **options: Any) -> Method:
-    """Build method `name`; option values given as strings (CLI, YAML) are converted to the declared types."""
+def create_method(name: str, selection: Selection | str | float | None = None, **options: Any) -> Method:
+    """Build method `name`; option values given as strings (CLI, YAML) are converted to the declared types.
+    `selection` (parsed or an expression) says which layers lose how much, or the budget to meet."""
     cls = method_class(name)
     fields = {f.name: f for f in dataclasses.fields(cls.Options) if f.init}
     hints = typing.get_type_hints(cls.Options)
@@ -90,9 +201,12 @@ def create_method(name: str, **options: Any) -> Method:
         if key not in fields:
             raise ConfigError(
                 f"method {name!r} has no option {key!r}; valid options: {', '.join(sorted(fields)) or 'none'}"
+                " (`prunekit prune --method " + name + " --help` describes them)"
             )
         values[key] = coerce(value, hints[key], f"option {key!r} of method {name!r}")
-    return cls(cls.Options(**values))
+    if selection is not None and not isinstance(selection, Selection):
+        selection = parse_selection(selection)
+    return cls(cls.Options(**values), selection)
 
 
 def example_input(calib: Calib | None, method: str) -> Tensor:
@@ -134,6 +248,41 @@ def group_ratio(group: LayerGroup, ratios: dict[str, float]) -> float:
     return next(iter(values.values()))
 
 
+def couple_ratios(
+    groups: Sequence[LayerGroup], ratios: Mapping[str, float], named: set[str], from_list: bool
+) -> dict[str, float]:
+    """The coupling rule every method follows: the layers of a coupled group keep one channel set, so they
+    get one ratio.
+
+    `named`: the layers the selection names; `from_list`: the ratios come from a list expression.
+
+    - a glob naming some members (``"*layer1*:0.5"`` misses the stem conv that shares layer1's channels)
+      sets the ratio of the whole group; two different named ratios in one group are refused;
+    - a list expression (one entry per layer, as the papers' masked presets are written, e.g. HRank's
+      compress-rates) may give a group's members different entries: the group is pruned at the smallest of
+      them, since a shared channel can only go when every writer drops it, and a warning names the group.
+    """
+    ratios = dict(ratios)
+    lowered: list[str] = []
+    for group in groups:
+        chosen = {ratios.get(m, 0.0) for m in group.members if m in named}
+        if from_list and len(chosen) > 1:
+            smallest = min(chosen)
+            if max(chosen) > 0:
+                lowered.append(f"{group.members[0]} (+{len(group.members) - 1} coupled) at {smallest:g}")
+            chosen = {smallest}
+        if len(chosen) == 1:
+            ratios.update(dict.fromkeys(group.members, chosen.pop()))
+        group_ratio(group, ratios)
+    if lowered:
+        warnings.warn(
+            "layers that share output channels through residual adds got different ratios from the list "
+            f"expression; pruned at their smallest: {'; '.join(lowered)}",
+            stacklevel=3,
+        )
+    return ratios
+
+
 # ---------------------------------------------------------------- scoring and selection
 
 
@@ -157,46 +306,93 @@ def layer_weight(model: nn.Module, layer: str) -> Tensor:
     return module.weight.detach().flatten(1)
 
 
+def plan_from_ratios(
+    groups: Sequence[LayerGroup],
+    ratios: Mapping[str, float],
+    score: Callable[[str], Tensor | None] | None,
+    select: Callable[[Tensor, float, str], list[int]] = select_kept,
+) -> Plan:
+    """The allocation meets the criterion: each group loses ``int(ratio * n)`` channels, those with the
+    lowest summed `score` over its members (a member may have no score: None). Without `score` the last
+    channels go, which is enough to count a configuration's cost."""
+    plan: Plan = {}
+    for group in groups:
+        ratio = group_ratio(group, dict(ratios))
+        if ratio == 0:
+            continue
+        if score is None:
+            kept = list(range(group.out_channels - pruned_count(ratio, group.out_channels, group.members[0])))
+        else:
+            scored = [s for s in (score(name) for name in group.members) if s is not None]
+            if not scored:
+                raise ConfigError(
+                    f"no channel scores for {', '.join(group.members)}; score them before planning"
+                )
+            kept = select(torch.stack(scored).sum(0), ratio, group.members[0])
+        plan.update(dict.fromkeys(group.members, kept))
+    return plan
+
+
 @dataclass
 class ScoringOptions:
-    """Options of every per-layer scoring method: `rates` is a layer selection (methods.selection)."""
+    """Options of every per-layer scoring method."""
 
-    rates: str = "0.5"
+    rates: str = field(
+        default="0.5",
+        metadata={"help": "layer selection: a ratio, globs 'conv*:0.5', a list '[0.1]*3+[0.5]', or a budget"},
+    )
 
     def __post_init__(self) -> None:
-        self.selection: Selection = parse_selection(self.rates)
+        parse_selection(self.rates)  # syntax errors now, with the caret
 
 
 class ScoringMethod(Method):
     """A one-shot criterion: scores each layer's output channels and keeps the best per layer.
 
-    For a coupled group the score of a channel is the sum of its members' scores, so every member's
-    evidence counts equally and one kept set serves them all.
+    The allocation (which layers lose how much: `layer_ratios`, from the selection, scaled by a budget) is
+    separate from the criterion (`score`). For a coupled group the score of a channel is the sum of its
+    members' scores, so every member's evidence counts equally and one kept set serves them all.
     """
 
     Options: ClassVar[type] = ScoringOptions
     options: ScoringOptions
+    knob = "ratio_scale"
+    demo = Schedule(finetune_epochs=3)
 
-    def __init__(self, options: Any = None) -> None:
-        super().__init__(options)
+    def __init__(self, options: Any = None, selection: Selection | None = None) -> None:
+        super().__init__(options, selection)
         self.budget: BudgetResult | None = None
 
-    def score(self, model: nn.Module, layer: str, calib: Calib | None) -> Tensor:
+    def resolve_selection(self, selection: Selection | None) -> Selection:
+        if selection is None:
+            return parse_selection(self.presets.get(self.options.rates.strip(), self.options.rates))
+        self.options = dataclasses.replace(self.options, rates=selection.spec)  # the record says what ran
+        return selection
+
+    def with_knob(self, value: float) -> Method:
+        raise NotImplementedError("ratio-scaling methods meet budgets inside their allocation")
+
+    def score(self, model: nn.Module, layer: str, calib: Calib | None) -> Tensor | None:
         """One value per output channel of `layer`; the lowest are removed."""
         raise NotImplementedError
+
+    def select(self, scores: Tensor, ratio: float, layer: str) -> list[int]:
+        return select_kept(scores, ratio, layer)
+
+    def entries(self, model: nn.Module, groups: Sequence[LayerGroup]) -> list[tuple[str, ...]]:
+        """What the entries of a list expression map to, in order: one prunable layer each by default."""
+        return [(name,) for group in groups for name in group.members]
+
+    def layer_ratios(
+        self, model: nn.Module, example: Tensor, groups: list[LayerGroup]
+    ) -> tuple[dict[str, float], BudgetResult | None]:
+        return layer_ratios(model, example, groups, self.selection, self.entries(model, groups))
 
     def plan(self, model: nn.Module, calib: Calib | None) -> Plan:
         example = example_input(calib, self.name)
         groups = prunable_groups(model, example)
-        ratios, self.budget = layer_ratios(model, example, groups, self.options.selection)
-        plan: Plan = {}
-        for group in groups:
-            ratio = group_ratio(group, ratios)
-            if ratio == 0:
-                continue
-            scores = torch.stack([self.score(model, name, calib) for name in group.members]).sum(0)
-            plan.update(dict.fromkeys(group.members, select_kept(scores, ratio, group.members[0])))
-        return plan
+        ratios, self.budget = self.layer_ratios(model, example, groups)
+        return plan_from_ratios(groups, ratios, lambda name: self.score(model, name, calib), self.select)
 
 
 def layer_ratios(
@@ -204,20 +400,30 @@ def layer_ratios(
     example: Tensor,
     groups: list[LayerGroup],
     selection: Selection,
+    entries: Sequence[tuple[str, ...]] | None = None,
 ) -> tuple[dict[str, float], BudgetResult | None]:
-    """Per-layer ratios of `selection`; with a budget, the scaled ratios that meet it and the search."""
+    """Per-layer ratios of `selection` (list expressions mapped onto `entries`, by default one per prunable
+    layer), coupled groups given one ratio (`couple_ratios`); with a budget, the scaled ratios that meet it
+    and the search."""
     names = [name for group in groups for name in group.members]
-    ratios = selection.ratios(names)
-    # A glob that names some members of a coupled group (e.g. "*layer1*" misses the stem conv that shares
-    # layer1's channels) sets the ratio of the whole group; two different named ratios still conflict.
-    named = selection.selected(names)
-    for group in groups:
-        chosen = {ratios[m] for m in group.members if m in named}
-        if len(chosen) == 1:
-            ratios.update(dict.fromkeys(group.members, chosen.pop()))
+    if entries is None:
+        entries = [(name,) for name in names]
+    if selection.sequence is not None:
+        # An entry that names no layer (HRank's VGG entry 13) still takes its place in the list.
+        keys = [convs[0] if convs else f"<entry {k}>" for k, convs in enumerate(entries)]
+        per_entry = selection.ratios(keys)
+        ratios = dict.fromkeys(names, 0.0)
+        for key, convs in zip(keys, entries, strict=True):
+            ratios.update(dict.fromkeys(convs, per_entry[key]))
+    else:
+        ratios = selection.ratios(names)
+    ratios = couple_ratios(groups, ratios, selection.selected(names), selection.sequence is not None)
     if selection.budget is None:
         return ratios, None
-    for group in groups:
-        group_ratio(group, ratios)  # refuse disagreeing coupled layers before searching
+    if selection.budget.kind == "target_density":
+        raise ConfigError(
+            "target_density budgets the nonzero weights of element-wise (masked) pruning; this method "
+            "removes whole channels: give target_macs= or speedup= instead"
+        )
     result = meet_budget(model, example, selection.budget, ratios)
     return result.ratios, result

@@ -2,12 +2,16 @@
 
 Every method's `Options` is a dataclass; CLI and recipe values arrive as strings or YAML scalars and are
 converted here against the field's annotation, so a wrong value is refused with the option named.
+`describe_options` documents such a dataclass (name, type, default, help) for `--help` and listings; a
+field's help is its ``field(metadata={"help": ...})``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import types
 import typing
+from dataclasses import dataclass
 from typing import Any, Union
 
 from prunekit.errors import ConfigError
@@ -56,13 +60,14 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
             except ValueError:
                 pass
         raise ConfigError(f"{where} must be a number, got {value!r}")
-    if typing.get_origin(hint) is tuple and typing.get_args(hint)[1:] == (Ellipsis,):
+    origin = typing.get_origin(hint)
+    if origin is list or (origin is tuple and typing.get_args(hint)[1:] == (Ellipsis,)):
         # A list in YAML or Python, or a comma-separated string on the command line.
-        items = value.split(",") if isinstance(value, str) else value
+        items = [v for v in value.split(",") if v.strip()] if isinstance(value, str) else value
         if not isinstance(items, (list, tuple)):
             raise ConfigError(f"{where} must be a list, got {value!r}")
         item_hint = typing.get_args(hint)[0]
-        return tuple(coerce(v.strip() if isinstance(v, str) else v, item_hint, where) for v in items)
+        return origin(coerce(v.strip() if isinstance(v, str) else v, item_hint, where) for v in items)
     if hint is str:
         if isinstance(value, str):
             return value
@@ -70,3 +75,51 @@ def coerce(value: Any, hint: Any, where: str) -> Any:
             return repr(value)
         raise ConfigError(f"{where} must be a string, got {value!r}")
     return value
+
+
+@dataclass(frozen=True)
+class OptionDoc:
+    """One field of an options dataclass as help texts show it: `type` is readable (``int | None``)."""
+
+    name: str
+    type: str
+    default: Any  # `dataclasses.MISSING` when the field has no default
+    help: str
+    annotation: Any  # the resolved type hint, as `coerce` takes it
+
+
+def describe_options(options_cls: type) -> list[OptionDoc]:
+    """The settable fields of dataclass `options_cls`, in declaration order; help is one line ("" if none)."""
+    hints = typing.get_type_hints(options_cls)
+    docs = []
+    for f in dataclasses.fields(options_cls):
+        if not f.init:
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = dataclasses.MISSING
+        text = " ".join(str(f.metadata.get("help", "")).split())
+        docs.append(OptionDoc(f.name, type_name(hints[f.name]), default, text, hints[f.name]))
+    return docs
+
+
+def type_name(hint: Any) -> str:
+    """``float``, ``int | None``, ``'stable' | 'numpy'``, ``tuple[int, ...]``: a hint as one writes it."""
+    origin = typing.get_origin(hint)
+    if origin in (Union, types.UnionType):
+        return " | ".join(type_name(m) for m in typing.get_args(hint))
+    if origin is typing.Literal:
+        return " | ".join(map(repr, typing.get_args(hint)))
+    if hint is type(None):
+        return "None"
+    if hint is Ellipsis:
+        return "..."
+    if origin is not None:
+        args = ", ".join(type_name(a) for a in typing.get_args(hint))
+        return f"{type_name(origin)}[{args}]" if args else type_name(origin)
+    if isinstance(hint, type):
+        return hint.__name__
+    return str(hint).removeprefix("typing.")

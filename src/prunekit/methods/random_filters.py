@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
@@ -12,7 +12,7 @@ from prunekit.methods.base import Calib, Plan, ScoringMethod, ScoringOptions, re
 
 @dataclass
 class RandomOptions(ScoringOptions):
-    seed: int = 0
+    seed: int = field(default=0, metadata={"help": "seed of the random choice"})
 
 
 @register_method

@@ -7,8 +7,9 @@ Three forms, comma separated items (specs/tpp.md §3, specs/hrank.md §2.1):
 - a single float ``"0.5"``: the same ratio everywhere.
 
 Any of them may carry one budget item, ``target_macs=0.5`` (fraction of the dense MACs to keep) or
-``speedup=2`` (= ``target_macs=0.5``); alone, a budget searches one uniform ratio, otherwise it scales the
-given ratios until the pruned model's MACs meet it (:func:`solve_budget`).
+``speedup=2`` (= ``target_macs=0.5``), or ``target_density=0.1`` (fraction of weights kept nonzero, for
+element-wise methods); alone, a budget searches one uniform ratio, otherwise it scales the given ratios
+until the pruned model's MACs meet it. The searches live in `methods.budget`.
 
 A ratio is the fraction of a layer's output channels to remove; a layer keeps ``n - int(ratio * n)``.
 """
@@ -17,25 +18,15 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
-
-from torch import Tensor, nn
+from typing import Literal
 
 from prunekit.errors import ConfigError
-from prunekit.models.probe import probe
-from prunekit.surgery.channels import apply_with_report
-from prunekit.surgery.graph import ChannelGraph
 
 _NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _INTEGER = re.compile(r"\d+")
-_BUDGET_KEYS = ("target_macs", "speedup")
-
-#: Most a budget search may take from any one layer, so that every layer keeps a few channels.
-MAX_BUDGET_RATIO = 0.95
-#: Relative distance to the budget that the search accepts (1 %).
-BUDGET_TOLERANCE = 0.01
+_BUDGET_KEYS = ("target_macs", "speedup", "target_density")
 
 
 def _syntax_error(spec: str, pos: int, what: str) -> ConfigError:
@@ -46,12 +37,17 @@ def _syntax_error(spec: str, pos: int, what: str) -> ConfigError:
 class Budget:
     """A MAC budget: keep `fraction` of the dense MACs. `kind`/`value` remember how the user wrote it."""
 
-    kind: Literal["target_macs", "speedup"]
+    kind: Literal["target_macs", "speedup", "target_density"]
     value: float
 
     @property
     def fraction(self) -> float:
-        return self.value if self.kind == "target_macs" else 1.0 / self.value
+        """Fraction of the dense cost to keep: MACs, or nonzero weights for ``target_density``."""
+        return 1.0 / self.value if self.kind == "speedup" else self.value
+
+    @property
+    def counts(self) -> str:
+        return "density" if self.kind == "target_density" else "macs"
 
 
 @dataclass(frozen=True)
@@ -93,6 +89,49 @@ class Selection:
         uniform = 1.0 if self.uniform is None else self.uniform
         return dict.fromkeys(layers, uniform)
 
+    @classmethod
+    def of(
+        cls,
+        *,
+        ratio: float | None = None,
+        ratios: str | None = None,
+        target_macs: float | None = None,
+        speedup: float | None = None,
+        target_density: float | None = None,
+    ) -> Selection | None:
+        """The selection given by at most one of the API's keywords (None when none is given); typed values
+        are checked as the expression parser checks them, with no round trip through text."""
+        given = {
+            k: v
+            for k, v in dict(
+                ratio=ratio,
+                ratios=ratios,
+                target_macs=target_macs,
+                speedup=speedup,
+                target_density=target_density,
+            ).items()
+            if v is not None
+        }
+        if len(given) > 1:
+            raise ConfigError(
+                f"give one of ratio / ratios / target_macs / speedup / target_density, not {', '.join(given)}"
+            )
+        if not given:
+            return None
+        ((key, value),) = given.items()
+        if key == "ratios":
+            return parse_selection(value)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key} must be a number, got {value!r}")
+        value = float(value)
+        if key == "ratio":
+            if not 0.0 <= value < 1.0:
+                raise ConfigError(
+                    f"ratio {value:g} is outside [0, 1): it is the fraction of channels removed"
+                )
+            return cls(f"{value:g}", uniform=value)
+        return cls(f"{key}={value:g}", budget=_checked_budget(key, value))
+
     def selected(self, layers: Sequence[str]) -> set[str]:
         """The layers some part of the expression names (glob rules may leave layers unnamed)."""
         if self.rules:
@@ -127,7 +166,9 @@ def parse_selection(spec: str | float) -> Selection:
             rules.append((pattern.strip(), _parse_ratio(spec, ratio_at, end)))
         elif "=" in text:
             if budget is not None:
-                raise _syntax_error(spec, at, "more than one budget; give either target_macs= or speedup=")
+                raise _syntax_error(
+                    spec, at, "more than one budget; give one of target_macs=, speedup=, target_density="
+                )
             budget = _parse_budget(spec, at, end)
         else:
             ratio_lists.append((at, text, _parse_list(spec, at, end)))
@@ -190,12 +231,19 @@ def _parse_budget(spec: str, pos: int, end: int) -> Budget:
     value, after = _number_at(spec, value_at, end, f"a number after '{key}='")
     if _skip_space(spec, after, end) != end:
         raise _syntax_error(spec, _skip_space(spec, after, end), "unexpected text after the budget")
+    try:
+        return _checked_budget(key, value)
+    except ConfigError as exc:
+        raise _syntax_error(spec, value_at, str(exc)) from None
+
+
+def _checked_budget(key: str, value: float) -> Budget:
     if key == "target_macs" and not 0.0 < value < 1.0:
-        raise _syntax_error(
-            spec, value_at, f"target_macs={value:g} must be in (0, 1): the fraction of dense MACs to keep"
-        )
+        raise ConfigError(f"target_macs={value:g} must be in (0, 1): the fraction of dense MACs to keep")
+    if key == "target_density" and not 0.0 < value < 1.0:
+        raise ConfigError(f"target_density={value:g} must be in (0, 1): the fraction of weights kept nonzero")
     if key == "speedup" and value <= 1.0:
-        raise _syntax_error(spec, value_at, f"speedup={value:g} must be > 1")
+        raise ConfigError(f"speedup={value:g} must be > 1")
     return Budget(key, value)  # type: ignore[arg-type]
 
 
@@ -230,92 +278,6 @@ def _parse_list(spec: str, pos: int, end: int) -> list[float]:
         pos += 1
 
 
-@dataclass(frozen=True)
-class BudgetResult:
-    """Outcome of a budget search: `ratio` is the uniform ratio (or the scale of the given ratios)."""
-
-    ratio: float
-    target: float
-    reached_fraction: float
-    dense_macs: int
-    pruned_macs: int
-    ratios: dict[str, float]
-
-
-class BudgetGap(ConfigError):
-    """The uniform search stopped between two adjacent width steps; carries both neighbours so a caller that
-    knows the coupling groups can refine one group at a time."""
-
-    def __init__(self, message: str, above: dict[str, float], below: dict[str, float]) -> None:
-        super().__init__(message)
-        self.above, self.below = above, below
-
-
-def scaled_ratios(
-    base: dict[str, float], scale: float, max_ratio: float = MAX_BUDGET_RATIO
-) -> dict[str, float]:
-    return {name: min(ratio * scale, max_ratio) for name, ratio in base.items()}
-
-
-def solve_budget(
-    budget: Budget,
-    base: dict[str, float],
-    count_macs: Callable[[dict[str, float]], int],
-    *,
-    max_ratio: float = MAX_BUDGET_RATIO,
-    tolerance: float = BUDGET_TOLERANCE,
-) -> BudgetResult:
-    """Bisect the scale s of `base` ratios (capped at `max_ratio`) until ``count_macs(ratios)`` is within
-    `tolerance` (relative) of ``budget.fraction`` of the dense MACs. MACs never grow with s, so bisection
-    converges; width steps are integers, so a budget between two steps is refused with both neighbours."""
-    target = budget.fraction
-    if not any(ratio > 0 for ratio in base.values()):
-        raise ConfigError(f"the budget {budget.kind}={budget.value:g} needs at least one selected layer")
-    dense = count_macs(dict.fromkeys(base, 0.0))
-    top = max_ratio / max(base.values())
-
-    def fraction_at(scale: float) -> tuple[float, int]:
-        macs = count_macs(scaled_ratios(base, scale, max_ratio))
-        return macs / dense, macs
-
-    def result(scale: float, macs: int) -> BudgetResult:
-        return BudgetResult(scale, target, macs / dense, dense, macs, scaled_ratios(base, scale, max_ratio))
-
-    def within(fraction: float) -> bool:
-        return abs(fraction - target) <= tolerance * target
-
-    floor_fraction, floor_macs = fraction_at(top)
-    if within(floor_fraction):
-        return result(top, floor_macs)
-    if floor_fraction > target:
-        raise ConfigError(
-            f"budget {budget.kind}={budget.value:g} is out of reach: pruning the selected layers at the "
-            f"maximum ratio {max_ratio:g} keeps {floor_fraction:.4f} of the dense MACs "
-            f"(speedup {1 / floor_fraction:.3f}x); ask for target_macs>={floor_fraction:.4f} "
-            f"or select more layers"
-        )
-    lo, hi = 0.0, top  # fraction(lo) > target >= fraction(hi)
-    lo_fraction, hi_fraction = 1.0, floor_fraction
-    for _ in range(60):
-        mid = (lo + hi) / 2
-        fraction, macs = fraction_at(mid)
-        if within(fraction):
-            return result(mid, macs)
-        if fraction > target:
-            lo, lo_fraction = mid, fraction
-        else:
-            hi, hi_fraction = mid, fraction
-        if hi - lo < 1e-9:
-            break
-    raise BudgetGap(
-        f"budget {budget.kind}={budget.value:g} falls between two reachable widths: the closest reachable "
-        f"MAC fractions are {lo_fraction:.4f} and {hi_fraction:.4f}; ask for one of them "
-        f"(tolerance {tolerance:.0%})",
-        above=scaled_ratios(base, lo, max_ratio),
-        below=scaled_ratios(base, hi, max_ratio),
-    )
-
-
 def pruned_count(ratio: float, n: int, layer: str) -> int:
     """``int(ratio * n)``: the floor of the float product, as HRank does (0.7 * 12 -> 8)."""
     if not 0.0 <= ratio < 1.0:
@@ -324,153 +286,3 @@ def pruned_count(ratio: float, n: int, layer: str) -> int:
     if count >= n:
         raise ConfigError(f"layer {layer!r}: ratio {ratio:g} would remove all {n} channels; lower it")
     return count
-
-
-class MacCounter:
-    """MACs of `model` pruned at given per-layer ratios (which channels go does not change the count).
-
-    `analytic` is exact arithmetic over the dependency graph traced once: removing p of a group's n
-    channels removes p/n of every output and input channel set the group reaches (a flatten maps one
-    channel to H·W inputs, so the fraction still holds). `real` applies the surgery and measures, and is
-    what a budget search finally checks against.
-    """
-
-    def __init__(self, model: nn.Module, example: Tensor) -> None:
-        self.model, self.example = model, example
-        graph = ChannelGraph(model, example)
-        self.groups: list[tuple[str, ...]] = list(
-            dict.fromkeys(layer.group for layer in graph.prunable_layers())
-        )
-        self.widths = {group: graph.out_channels(group[0]) for group in self.groups}
-        self._out_removed = {g: _sizes(graph.full_effect(g[0]).out_removed) for g in self.groups}
-        self._in_removed = {g: _sizes(graph.full_effect(g[0]).in_removed) for g in self.groups}
-        self._calls = _layer_calls(model, example)
-        self.dense = self.analytic({})
-
-    def plan(self, ratios: dict[str, float]) -> dict[str, list[int]]:
-        """Keep the first channels of each group: the widths of `ratios` without any criterion."""
-        plan: dict[str, list[int]] = {}
-        for group in self.groups:
-            ratio = ratios.get(group[0], 0.0)
-            if ratio > 0:
-                width = self.widths[group]
-                plan.update(dict.fromkeys(group, list(range(width - pruned_count(ratio, width, group[0])))))
-        return plan
-
-    def analytic(self, ratios: dict[str, float]) -> int:
-        out_lost: dict[str, float] = {}
-        in_lost: dict[str, float] = {}
-        for group in self.groups:
-            ratio = ratios.get(group[0], 0.0)
-            if ratio == 0:
-                continue
-            fraction = pruned_count(ratio, self.widths[group], group[0]) / self.widths[group]
-            for name, size in self._out_removed[group].items():
-                out_lost[name] = out_lost.get(name, 0.0) + size * fraction
-            for name, size in self._in_removed[group].items():
-                in_lost[name] = in_lost.get(name, 0.0) + size * fraction
-        total = 0.0
-        for name, positions, per_output, out_full, in_full, grouped in self._calls:
-            out_kept = out_full - out_lost.get(name, 0.0)
-            # A grouped (e.g. depthwise) conv loses inputs together with outputs: per-output work is fixed.
-            per_output_kept = (
-                per_output if grouped else per_output * (in_full - in_lost.get(name, 0.0)) / in_full
-            )
-            total += positions * out_kept * per_output_kept
-        return round(total)
-
-    def refine(
-        self,
-        target: float,
-        above: dict[str, float],
-        below: dict[str, float],
-        tolerance: float = BUDGET_TOLERANCE,
-    ) -> BudgetResult | None:
-        """From `above` (the uniform solution just over the target), remove one channel of one selected group
-        at a time, each time the step that removes the most MACs without leaving the tolerance band, until the
-        band is reached; `None` if it cannot be. Groups move as a whole, so coupled layers keep one ratio;
-        every group stays within the maximum budget ratio."""
-        selected = [g for g in self.groups if below.get(g[0], 0.0) > 0]
-        pruned = {g: pruned_count(above.get(g[0], 0.0), self.widths[g], g[0]) for g in self.groups}
-        cap = {g: min(int(MAX_BUDGET_RATIO * self.widths[g]), self.widths[g] - 1) for g in selected}
-        low, high = self.dense * target * (1 - tolerance), self.dense * target * (1 + tolerance)
-
-        def ratios_of(counts: dict[tuple[str, ...], int]) -> dict[str, float]:
-            # (k + 0.5) / n floors back to exactly k channels under `pruned_count`.
-            out = dict(above)
-            for g, k in counts.items():
-                out.update(dict.fromkeys(g, (k + 0.5) / self.widths[g] if k else 0.0))
-            return out
-
-        macs = self.analytic(ratios_of(pruned))
-        while macs > high:
-            steps = [
-                (self.analytic(ratios_of({**pruned, g: pruned[g] + 1})), g)
-                for g in selected
-                if pruned[g] < cap[g]
-            ]
-            fitting = [step for step in steps if step[0] >= low]
-            if not fitting:
-                return None
-            macs, group = min(fitting, key=lambda step: step[0])
-            pruned[group] += 1
-        removed = sum(pruned[g] * len(g) for g in selected)
-        channels = sum(self.widths[g] * len(g) for g in selected)
-        # `ratio` reports the overall fraction of selected channels removed (no single scale applies).
-        return BudgetResult(
-            removed / channels, target, macs / self.dense, self.dense, macs, ratios_of(pruned)
-        )
-
-    def real(self, ratios: dict[str, float]) -> int:
-        return apply_with_report(self.model, self.plan(ratios), self.example)[1].macs_after
-
-
-def _sizes(removed: dict[str, set[int]]) -> dict[str, int]:
-    return {name: len(indices) for name, indices in removed.items()}
-
-
-def _layer_calls(model: nn.Module, example: Tensor) -> list[tuple[str, int, int, int, int, bool]]:
-    """Per conv/linear call: (name, output positions, MACs per output value, out width, in width, grouped)."""
-    names = {module: name for name, module in model.named_modules()}
-    calls: list[tuple[str, int, int, int, int, bool]] = []
-
-    def record(module: nn.Module, _inputs: Any, output: Tensor) -> None:
-        if isinstance(module, nn.Conv2d):
-            out_full, in_full, grouped = module.out_channels, module.in_channels, module.groups > 1
-        else:
-            out_full, in_full, grouped = module.out_features, module.in_features, False
-        positions = output.numel() // output.shape[0] // out_full
-        per_output = module.weight[0].numel()
-        calls.append((names[module], positions, per_output, out_full, in_full, grouped))
-
-    probe(
-        model,
-        example,
-        [m.register_forward_hook(record) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))],
-    )
-    return calls
-
-
-def meet_budget(model: nn.Module, example: Tensor, budget: Budget, base: dict[str, float]) -> BudgetResult:
-    """Scale `base` ratios to meet `budget`, searching on the analytic count and confirming on the really
-    pruned model; should the two ever disagree, the search is redone on real surgery."""
-    counter = MacCounter(model, example)
-    try:
-        result = solve_budget(budget, base, counter.analytic)
-    except BudgetGap as gap:
-        refined = counter.refine(budget.fraction, gap.above, gap.below)
-        if refined is None:
-            raise
-        result = refined
-    real = counter.real(result.ratios)
-    if real == result.pruned_macs:
-        return result
-    cache: dict[tuple[tuple[str, ...], ...], int] = {}
-
-    def measured(ratios: dict[str, float]) -> int:
-        key = tuple(tuple(map(str, kept)) for kept in counter.plan(ratios).values())
-        if key not in cache:
-            cache[key] = counter.real(ratios)
-        return cache[key]
-
-    return solve_budget(budget, base, measured)

@@ -10,8 +10,9 @@ than asked; we remove exactly ``int(ratio·total)``.
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -23,10 +24,12 @@ from prunekit.methods.base import (
     LayerGroup,
     Method,
     Plan,
+    Schedule,
     example_input,
     prunable_groups,
     register_method,
 )
+from prunekit.methods.selection import Selection
 from prunekit.models.probe import probe
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
@@ -34,11 +37,25 @@ _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
 @dataclass
 class SlimmingOptions:
-    ratio: float = 0.5  # fraction of all participating channels removed (a global count)
-    layers: str = "*"  # comma-separated globs of the layers whose BN takes part
-    penalty_weight: float = 1e-4  # s; the paper uses 1e-4 for VGG, 1e-5 for ResNet-164 / DenseNet-40
-    min_channels: int = 1
-    max_layer_ratio: float = 0.9
+    ratio: float = field(
+        default=0.5, metadata={"help": "fraction of all participating channels removed (one global count)"}
+    )
+    layers: str = field(
+        default="*", metadata={"help": "comma-separated globs of the layers whose BN takes part"}
+    )
+    penalty_weight: float = field(
+        default=1e-4,
+        metadata={
+            "help": "s of s*sum|gamma|; paper: 1e-4 VGG, 1e-5 ResNet-164/DenseNet-40",
+            "effect": "sparsify",
+        },
+    )
+    min_channels: int = field(
+        default=1, metadata={"help": "channels every layer keeps at least", "effect": "data"}
+    )
+    max_layer_ratio: float = field(
+        default=0.9, metadata={"help": "most of one layer's channels that may go", "effect": "data"}
+    )
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
@@ -56,11 +73,26 @@ class SlimmingOptions:
 
 @register_method
 class NetworkSlimming(Method):
+    """Network Slimming: L1 on BatchNorm scales, then one global threshold on |gamma| (Liu et al., ICCV 2017).
+
+    The allocation is global (the threshold decides each layer's share), so the selection is one ratio
+    (`--ratio`, the global count) or a budget, whose knob is that ratio.
+    """
+
     name = "slimming"
     Options = SlimmingOptions
     options: SlimmingOptions
+    knob = "ratio"
+    knob_range = (0.0, 0.99)
+    schedule = Schedule(sparsify_epochs=20, finetune_epochs=10)
 
-    def penalty(self, model: nn.Module) -> Tensor | None:
+    def resolve_selection(self, selection: Selection | None) -> Selection | None:
+        if selection is not None and selection.uniform is not None and selection.budget is None:
+            self.options = dataclasses.replace(self.options, ratio=selection.uniform)
+            return None
+        return super().resolve_selection(selection)
+
+    def penalty(self, model: nn.Module, step: int = 0) -> Tensor | None:
         gammas = [m.weight for m in model.modules() if isinstance(m, _BATCHNORMS) and m.weight is not None]
         if not gammas:
             raise ConfigError("network slimming needs BatchNorm layers with affine scales; found none")

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from prunekit.models.registry import register_model
+from prunekit.models.taps import FeatureTap
 
 
 class DenseLayer(nn.Module):
@@ -73,6 +74,22 @@ class DenseNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
+
+    def activation_taps(self) -> tuple[FeatureTap, ...]:
+        """Each conv after the pre-activation BN-ReLU of the layer that consumes its output (the next dense
+        layer's, the transition's, or the final `relu`): all channels for the stem's or a transition's
+        output, the conv's own channels at the end of the concat for a dense layer's. So transition convs
+        are tapped after their 2×2 average pool."""
+        taps = []
+        producer, start = "conv1", 0
+        for dense, trans in (("dense1", "trans1"), ("dense2", "trans2"), ("dense3", None)):
+            for i, layer in enumerate(getattr(self, dense)):
+                taps.append(FeatureTap(producer, f"{dense}.{i}.relu", start))
+                producer, start = f"{dense}.{i}.conv1", -layer.conv1.out_channels
+            taps.append(FeatureTap(producer, f"{trans}.relu" if trans else "relu", start))
+            if trans:
+                producer, start = f"{trans}.conv1", 0
+        return tuple(taps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.conv1(x)

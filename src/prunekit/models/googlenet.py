@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from prunekit.models.registry import register_model
+from prunekit.models.taps import FeatureTap
 
 
 def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> list[nn.Module]:
@@ -19,6 +20,11 @@ def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int) -> list
 
 class Inception(nn.Module):
     """Four parallel branches concatenated along channels: [1×1 | 1×1→3×3 | 1×1→3×3→3×3 | pool→1×1]."""
+
+    #: Per branch, in concat order, the convs tapped on that branch's channels of the output: the branch's
+    #: last conv (whose width the slice has), and in the "5×5" branch also the 3×3 conv before it, which
+    #: HRank ranks on the branch output. The 1×1 reductions have no tap.
+    TAPPED_CONVS = (("branch1x1.0",), ("branch3x3.3",), ("branch5x5.3", "branch5x5.6"), ("branch_pool.1",))
 
     def __init__(
         self,
@@ -67,6 +73,20 @@ class GoogLeNet(nn.Module):
         # kuangliu pools the 8×8 map with AvgPool2d(8, stride=1); adaptive also fits 28×28 inputs (7×7).
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(1024, num_classes)
+
+    def activation_taps(self) -> tuple[FeatureTap, ...]:
+        """The stem conv after its BN-ReLU; each inception conv on its branch's channels of the module
+        output (every branch ends in BN-ReLU), b3 and e4 on the max-pooled output."""
+        taps = [FeatureTap("pre_layers.0", "pre_layers.2")]
+        pooled = {"b3": "maxpool1", "e4": "maxpool2"}
+        for name in ("a3", "b3", "a4", "b4", "c4", "d4", "e4", "a5", "b5"):
+            module: Inception = getattr(self, name)
+            start = 0
+            for convs in module.TAPPED_CONVS:
+                stop = start + module.get_submodule(convs[-1]).out_channels
+                taps += [FeatureTap(f"{name}.{conv}", pooled.get(name, name), start, stop) for conv in convs]
+                start = stop
+        return tuple(taps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.b3(self.a3(self.pre_layers(x)))

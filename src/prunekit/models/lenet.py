@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from prunekit.models.registry import register_model
+from prunekit.models.taps import FeatureTap
 
 
 class LeNet300100(nn.Module):
@@ -42,6 +43,10 @@ class LeNet5(nn.Module):
         self.fc1 = nn.Linear(50 * 4 * 4, 500)  # 28 → 24 → 12 → 8 → 4
         self.relu3 = nn.ReLU(inplace=True)
         self.fc2 = nn.Linear(500, num_classes)
+
+    def activation_taps(self) -> tuple[FeatureTap, ...]:
+        # Not one of HRank's models: each conv after its ReLU, HRank's rule everywhere (specs/hrank.md §1.2).
+        return (FeatureTap("conv1", "relu1"), FeatureTap("conv2", "relu2"))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool1(self.relu1(self.conv1(x)))

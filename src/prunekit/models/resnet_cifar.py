@@ -15,6 +15,7 @@ from torch import nn
 from prunekit.errors import ConfigError
 from prunekit.models.layers import ZeroPadShortcut
 from prunekit.models.registry import register_model
+from prunekit.models.taps import FeatureTap
 
 SHORTCUTS = ("A", "B")
 
@@ -92,6 +93,19 @@ class CifarResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, (nn.Conv2d, nn.Linear)):
                 nn.init.kaiming_normal_(m.weight)
+
+    def activation_taps(self) -> tuple[FeatureTap, ...]:
+        """Each conv after its BN-ReLU; relu2 follows the residual add, so a block's conv2 is tapped on
+        the block output (shortcut + branch). Option-B shortcut convs have no tap: HRank has none."""
+        taps = [FeatureTap("conv1", "relu")]
+        for stage in ("layer1", "layer2", "layer3"):
+            for b in range(len(getattr(self, stage))):
+                block = f"{stage}.{b}"
+                taps += [
+                    FeatureTap(f"{block}.conv1", f"{block}.relu1"),
+                    FeatureTap(f"{block}.conv2", f"{block}.relu2"),
+                ]
+        return tuple(taps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

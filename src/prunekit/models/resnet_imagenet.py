@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from prunekit.models.registry import register_model
+from prunekit.models.taps import FeatureTap
 
 
 def _downsample(in_planes: int, out_planes: int, stride: int) -> nn.Sequential | None:
@@ -107,6 +108,19 @@ class ImageNetResNet(nn.Module):
             for m in self.modules():
                 if isinstance(m, (BasicBlock, Bottleneck)):
                     nn.init.zeros_(m.last_bn().weight)
+
+    def activation_taps(self) -> tuple[FeatureTap, ...]:
+        """The stem conv after BN-ReLU-maxpool; each block conv after its own ReLU, the last one after
+        the residual add, and a downsample conv shares the block output with the last conv."""
+        taps = [FeatureTap("conv1", "maxpool")]
+        for stage in ("layer1", "layer2", "layer3", "layer4"):
+            for b, block in enumerate(getattr(self, stage)):
+                name = f"{stage}.{b}"
+                convs = [f"{name}.conv{i}" for i in (1, 2, 3) if hasattr(block, f"conv{i}")]
+                taps += [FeatureTap(conv, f"{name}.relu{i + 1}") for i, conv in enumerate(convs)]
+                if block.downsample is not None:
+                    taps.append(FeatureTap(f"{name}.downsample.0", f"{name}.relu{len(convs)}"))
+        return tuple(taps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))

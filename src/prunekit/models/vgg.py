@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from prunekit.models.registry import register_model
+from prunekit.models.taps import FeatureTap
 
 # 'M' = 2×2 max-pool. VGG-16 stops without a pool after conv13 (2×2 map), VGG-19-C after conv16.
 VGG16_CFG: tuple[int | str, ...] = (
@@ -93,6 +94,18 @@ class VGG16BN(nn.Module):
             )
         )
         _slimming_init(self)
+
+    def activation_taps(self) -> tuple[FeatureTap, ...]:
+        """Each conv after its ReLU, or after the max-pool that follows it (HRank's relucfg 6, 13, 23, 33:
+        conv2, 4, 7, 10 are tapped on the pooled map). The last conv has no tap: HRank never ranks it."""
+        features = list(self.features)
+        convs = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
+        taps = []
+        for i in convs[:-1]:
+            relu = i + 2  # conv, BN, ReLU
+            pooled = relu + 1 < len(features) and isinstance(features[relu + 1], nn.MaxPool2d)
+            taps.append(FeatureTap(f"features.{i}", f"features.{relu + 1 if pooled else relu}"))
+        return tuple(taps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))

@@ -2,6 +2,7 @@
 history that rebuilds a pruned model from its base architecture."""
 
 from prunekit.surgery.channels import ApplyReport, ChannelPlan, apply, apply_with_report
+from prunekit.surgery.equivalence import OutputComparison, check_same_outputs, compare_outputs
 from prunekit.surgery.graph import PrunableLayer, coupling_groups, prunable_layers
 from prunekit.surgery.history import record, record_masks, replay
 from prunekit.surgery.lowrank import LowRankConv2d, decompose, energy_rank, full_rank, rank_plan
@@ -13,10 +14,13 @@ __all__ = [
     "LowRankConv2d",
     "MaskHandle",
     "MaskSet",
+    "OutputComparison",
     "PrunableLayer",
     "apply",
     "apply_with_report",
     "attach",
+    "check_same_outputs",
+    "compare_outputs",
     "coupling_groups",
     "decompose",
     "energy_rank",

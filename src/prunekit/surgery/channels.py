@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import copy
 import difflib
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -19,7 +18,8 @@ from torch import nn
 
 from prunekit.errors import SurgeryError
 from prunekit.measure.cost import cost
-from prunekit.surgery import history
+from prunekit.models.probe import evaluating
+from prunekit.surgery.edits import ChannelEdit, record
 from prunekit.surgery.graph import PRUNABLE_TYPES, ChannelGraph, GroupEffect
 
 ChannelPlan = Mapping[str, Sequence[int] | torch.Tensor]
@@ -93,7 +93,7 @@ def apply_with_report(
             remaining[layer] = [o for i, o in enumerate(remaining[layer]) if i not in idxs]
 
     _validate(pruned, graph, example_input, kept, remaining, widths_before, final)
-    history.record(pruned, history.ChannelEdit(kept, tuple(example_input.shape[1:])))
+    record(pruned, ChannelEdit(kept, tuple(example_input.shape[1:])))
     after = cost(pruned, tuple(example_input.shape))
     widths_after = {name: graph.out_channels(name) for name in graph.modules}
     report = ApplyReport(
@@ -233,7 +233,7 @@ def _validate(
             if getattr(module, attr, None) == 0:
                 raise SurgeryError(f"layer {name!r} ended with zero channels ({attr}=0)")
     try:
-        with _evaluating(pruned):
+        with evaluating(pruned), torch.no_grad():
             shape = tuple(pruned(example_input).shape)
     except RuntimeError as exc:
         raise SurgeryError(
@@ -245,16 +245,3 @@ def _validate(
         raise SurgeryError(
             f"the pruned model's output has shape {shape}, the original's {graph.output_shape}"
         )
-
-
-@contextmanager
-def _evaluating(model: nn.Module) -> Iterator[None]:
-    """Eval mode without gradients, each module's training flag restored afterwards."""
-    modes = {m: m.training for m in model.modules()}
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        for m, training in modes.items():
-            m.training = training

@@ -23,11 +23,10 @@ from torch import Tensor, nn
 
 from prunekit.errors import ConfigError
 from prunekit.models.layers import ZeroPadShortcut
-from prunekit.models.probe import probe
+from prunekit.models.probe import batchnorm_after, probe
 from prunekit.surgery.channels import ChannelPlan, apply
+from prunekit.surgery.equivalence import compare_outputs
 from prunekit.surgery.graph import ChannelGraph
-
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 def shortcut_written(graph: ChannelGraph, members: tuple[str, ...], width: int) -> Tensor:
@@ -115,22 +114,14 @@ def _fold(original: nn.Module, trial: nn.Module, consumers: list[str], inputs: T
     outputs then differ."""
     if not consumers:
         return False
-    # Outputs are kept as the tensor itself (to recognise it as a BatchNorm's input by identity) and a copy
-    # of its values (an in-place ReLU may overwrite it).
-    before: dict[str, tuple[Tensor, Tensor]] = {}
-    after: dict[str, tuple[Tensor, Tensor]] = {}
-    bn_inputs: dict[str, Tensor] = {}
+    before: dict[str, Tensor] = {}
+    after: dict[str, Tensor] = {}
     originals, modules = dict(original.named_modules()), dict(trial.named_modules())
-    expected = probe(
-        original, inputs, [originals[n].register_forward_hook(_keep(before, n)) for n in consumers]
-    )
-    hooks = [modules[n].register_forward_hook(_keep(after, n)) for n in consumers]
-    for n, m in modules.items():
-        if isinstance(m, _BATCHNORMS):
-            hooks.append(m.register_forward_pre_hook(lambda _m, args, n=n: bn_inputs.__setitem__(n, args[0])))
-    probe(trial, inputs, hooks)
+    probe(original, inputs, [originals[n].register_forward_hook(_keep(before, n)) for n in consumers])
+    probe(trial, inputs, [modules[n].register_forward_hook(_keep(after, n)) for n in consumers])
+    batchnorm_of = batchnorm_after(trial, inputs)
     for name in consumers:
-        (_, a), (b_tensor, b) = before[name], after[name]
+        a, b = before[name], after[name]
         if a.shape != b.shape:
             return False
         diff = (a - b).double()
@@ -147,19 +138,17 @@ def _fold(original: nn.Module, trial: nn.Module, consumers: list[str], inputs: T
         else:
             # A bias-free consumer followed by BN: BN with running mean μ of (y + s) is BN with μ − s of y
             # (in training mode the batch mean absorbs the constant anyway).
-            bn = next((modules[n] for n, x in bn_inputs.items() if x is b_tensor), None)
+            bn = modules[batchnorm_of[name]] if name in batchnorm_of else None
             target, sign = getattr(bn, "running_mean", None), -1.0
         if target is None or target.shape != shift.shape:
             return False
         with torch.no_grad():
             target += sign * shift.to(target.device)
-    got = probe(trial, inputs)
-    tolerance = 1e-5 * max(1.0, float(expected.abs().max()))
-    return bool(torch.allclose(got, expected, rtol=1e-4, atol=tolerance))
+    return compare_outputs(original, trial, inputs).same
 
 
-def _keep(store: dict[str, tuple[Tensor, Tensor]], name: str) -> Callable[..., None]:
+def _keep(store: dict[str, Tensor], name: str) -> Callable[..., None]:
     def hook(_m: nn.Module, _i: object, out: Tensor) -> None:
-        store[name] = (out, out.clone())
+        store[name] = out.clone()  # a copy: an in-place ReLU after the layer may overwrite its output
 
     return hook

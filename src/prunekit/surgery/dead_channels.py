@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunekit.errors import ConfigError
 from prunekit.surgery.constants import shortcut_written
 from prunekit.surgery.graph import ChannelGraph
-
-_BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 #: Kept output indices (sorted) per layer name.
 Plan = dict[str, list[int]]
@@ -52,13 +51,16 @@ def _zero_output(graph: ChannelGraph, members: tuple[str, ...], width: int) -> T
         dead &= (module.weight.detach().flatten(1) == 0).all(1).cpu()
         if module.bias is not None:
             dead &= (module.bias.detach() == 0).cpu()
-    # BN(0) = β − γ·μ/σ is a constant, not zero, unless γ = β = 0; BNs in the coupling group share indices.
-    for dep, _ in graph.group(members[0], range(width)):
+    # BN(0) = β − γ·μ/σ is a constant, not zero, unless γ = β = 0. Every BatchNorm these channels reach
+    # counts, also one after an add or a concatenation (so not only `models.probe.batchnorm_after`'s);
+    # `idxs` lists the BN channel each of the group's channels lands on, in order.
+    for dep, idxs in graph.group(members[0], range(width)):
         module = dep.target.module
-        if isinstance(module, _BATCHNORMS) and module.num_features == width:
-            if module.weight is None or module.bias is None:
+        if isinstance(module, _BatchNorm):
+            if module.weight is None or module.bias is None or len(idxs) != width:
                 return torch.zeros(width, dtype=torch.bool)
-            dead &= ((module.weight.detach() == 0) & (module.bias.detach() == 0)).cpu()
+            at = torch.as_tensor(list(idxs), device=module.weight.device)
+            dead &= ((module.weight.detach()[at] == 0) & (module.bias.detach()[at] == 0)).cpu()
     return dead & ~shortcut_written(graph, members, width)
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from torch_pruning import ops
 
 from prunekit.models.layers import ZeroPadShortcut
+from prunekit.models.probe import evaluating
 
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 
@@ -125,19 +126,16 @@ class ChannelGraph:
             if isinstance(output, torch.Tensor):
                 shapes.append(tuple(output.shape))
 
-        modes = {m: m.training for m in model.modules()}
         hooks = [m.register_forward_hook(record) for m in self.modules.values()]
         hooks.append(model.register_forward_hook(record_output))
         try:
-            with torch.enable_grad():
+            with evaluating(model), torch.enable_grad():
                 self.dg = tp.DependencyGraph().build_dependency(
                     model, example_inputs=example_input, customized_pruners=CUSTOMIZED_PRUNERS, verbose=False
                 )
         finally:
             for h in hooks:
                 h.remove()
-            for m, training in modes.items():
-                m.training = training
         self.order: list[str] = order
         self.output_shape: tuple[int, ...] | None = shapes[0] if shapes else None
         if self.output_shape is not None and batch == 1:

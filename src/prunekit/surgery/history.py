@@ -1,200 +1,53 @@
 """The edit history: a pruned model is its base architecture plus the ordered edits applied since.
 
-Every physical edit records itself on the model it produces, in ``model.prunekit_edits`` (a JSON list):
-
-- `ChannelEdit` — `surgery.channels.apply` kept these output channels (``{layer: kept indices}``), traced
-  on an input of shape ``(1, *input_shape)``;
-- `LowRankEdit` — `surgery.lowrank.decompose` replaced these convs (``{layer: [scheme, rank]}``);
-- `MaskEdit` — `record_masks` froze element-wise masks on these parameters. The masks themselves are
-  state, not structure: they live in ``model.prunekit_masks`` and a model file stores them as tensors.
+Every physical edit records itself on the model it produces, in ``model.prunekit_edits``; the records
+(`ChannelEdit`, `LowRankEdit`, `MaskEdit`), `record`, `record_masks` and `parse` live in
+`surgery.edits`, which the surgeries import, and are importable from here too.
 
 `replay` re-applies a history to a freshly built base. It only has to reproduce the *shapes*: the weights
 are then overwritten by a strict load, so a channel edit replays its surgery on whatever weights the base
 has and a low-rank edit builds empty `LowRankConv2d` shells instead of running an SVD.
 
-Masks are recorded explicitly with `record_masks`, not by `masks.attach`/`masks.fold`: those run again on
-every fine-tune (and on trial masks during a search), and recording there would repeat edits or store
-masks nobody meant to keep.
+Imports go one way: `edits` ← `channels`, `lowrank` ← `history`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any, ClassVar
+from collections.abc import Callable
+from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from prunekit.errors import CheckpointError, ConfigError, SurgeryError
-from prunekit.surgery.masks import MaskSet, fold
+from prunekit.surgery.channels import apply
+from prunekit.surgery.edits import (
+    EDIT_KINDS,
+    EDITS_ATTR,
+    MASKS_ATTR,
+    ChannelEdit,
+    Edit,
+    LowRankEdit,
+    MaskEdit,
+    parse,
+    record,
+    record_masks,
+)
+from prunekit.surgery.lowrank import LowRankConv2d
 
-EDITS_ATTR = "prunekit_edits"
-MASKS_ATTR = "prunekit_masks"
-
-
-class _Malformed(Exception):
-    """Raised by `from_json`; `parse` turns it into a CheckpointError naming the edit's position."""
-
-
-@dataclass(frozen=True)
-class ChannelEdit:
-    """Output channels kept per Conv2d/Linear layer, indexed in the model as it was before this edit."""
-
-    kind: ClassVar[str] = "channels"
-    plan: dict[str, list[int]]
-    input_shape: tuple[int, ...]  # one example, without the batch dimension
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "plan": {name: list(kept) for name, kept in self.plan.items()},
-            "input_shape": list(self.input_shape),
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> ChannelEdit:
-        plan = _mapping(data, "plan")
-        for name, kept in plan.items():
-            if not _int_list(kept):
-                raise _Malformed(f"kept channels of layer {name!r} must be a list of ints, got {kept!r}")
-        shape = data.get("input_shape")
-        if not _int_list(shape) or not shape or min(shape) < 1:
-            raise _Malformed(f"'input_shape' must be a non-empty list of positive ints, got {shape!r}")
-        return cls({name: list(kept) for name, kept in plan.items()}, tuple(shape))
-
-    def replay(self, model: nn.Module) -> nn.Module:
-        # Imported here: channels.apply records its edits through this module.
-        from prunekit.surgery.channels import apply
-
-        example = torch.zeros(1, *self.input_shape, device=_device(model))
-        try:
-            return apply(model, self.plan, example)
-        except RuntimeError as exc:  # tracing the base on an input of the wrong shape
-            raise SurgeryError(
-                f"the model does not run on an input of shape {self.input_shape}: {exc}"
-            ) from None
-
-
-@dataclass(frozen=True)
-class LowRankEdit:
-    """Convs replaced by a `LowRankConv2d` of the given scheme and rank."""
-
-    kind: ClassVar[str] = "lowrank"
-    plan: dict[str, tuple[str, int]]
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "plan": {name: [scheme, rank] for name, (scheme, rank) in self.plan.items()},
-        }
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> LowRankEdit:
-        plan = _mapping(data, "plan")
-        for name, entry in plan.items():
-            ok = isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], str)
-            if not ok or not _int_list(entry[1:]):
-                raise _Malformed(f"entry for layer {name!r} must be [scheme, rank], got {entry!r}")
-        return cls({name: (scheme, rank) for name, (scheme, rank) in plan.items()})
-
-    def replay(self, model: nn.Module) -> nn.Module:
-        from prunekit.surgery.lowrank import LowRankConv2d  # lowrank records through this module too
-
-        modules = dict(model.named_modules())
-        for name in self.plan:
-            if not name or name not in modules:
-                raise SurgeryError(f"no layer named {name!r} to decompose")
-        for name, (scheme, rank) in self.plan.items():
-            try:
-                shell = LowRankConv2d.shaped_like(modules[name], scheme, rank, name=name)
-            except ConfigError as exc:  # an unknown scheme
-                raise SurgeryError(str(exc)) from None
-            parent, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(parent), leaf, shell)
-        record(model, self)
-        return model
-
-
-@dataclass(frozen=True)
-class MaskEdit:
-    """Element-wise masks were frozen on these parameters (the masks are in ``model.prunekit_masks``)."""
-
-    kind: ClassVar[str] = "masks"
-    params: tuple[str, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "params": list(self.params)}
-
-    @classmethod
-    def from_json(cls, data: Mapping[str, Any]) -> MaskEdit:
-        params = data.get("params")
-        if not isinstance(params, list) or not all(isinstance(p, str) for p in params):
-            raise _Malformed(f"'params' must be a list of parameter names, got {params!r}")
-        return cls(tuple(params))
-
-    def replay(self, model: nn.Module) -> nn.Module:
-        # Nothing changes shape; the masks come from the file. Still check that the parameters exist at
-        # this point of the history, so a history that names the wrong ones is refused.
-        named = dict(model.named_parameters())
-        missing = [p for p in self.params if p not in named]
-        if missing:
-            raise SurgeryError(f"masked parameters {missing} are not in the model")
-        record(model, self)
-        return model
-
-
-Edit = ChannelEdit | LowRankEdit | MaskEdit
-EDIT_KINDS: dict[str, type[ChannelEdit] | type[LowRankEdit] | type[MaskEdit]] = {
-    cls.kind: cls for cls in (ChannelEdit, LowRankEdit, MaskEdit)
-}
-
-
-def record(model: nn.Module, edit: Edit) -> None:
-    """Append `edit` to ``model.prunekit_edits`` (created if missing, so user models get a history too).
-
-    Called on the copy an edit produced: `copy.deepcopy` copies the module's ``__dict__``, so the copy
-    already holds its own list with every earlier edit. A structural edit also refits the model's masks.
-    """
-    edits = getattr(model, EDITS_ATTR, None)
-    if edits is None:
-        edits = []
-        setattr(model, EDITS_ATTR, edits)
-    edits.append(edit.to_json())
-    if not isinstance(edit, MaskEdit):
-        _refit_masks(model)
-
-
-def record_masks(model: nn.Module, masks: Mapping[str, Tensor]) -> nn.Module:
-    """Fold `masks` into the weights of `model` (in place), keep them in ``model.prunekit_masks``
-    (combined with masks it already has) and record a `MaskEdit`, so a model file stores them and a
-    fine-tune can `attach` them again. Returns `model`."""
-    masks = masks if isinstance(masks, MaskSet) else MaskSet(masks)
-    fold(model, masks)  # checks every name and shape before changing anything
-    current = getattr(model, MASKS_ATTR, None)
-    setattr(model, MASKS_ATTR, MaskSet(current) & masks if current else masks)
-    record(model, MaskEdit(tuple(masks)))
-    return model
-
-
-def parse(edits: object) -> list[Edit]:
-    """The typed edits of a JSON history; refuses unknown kinds and malformed edits by position."""
-    if not isinstance(edits, list):
-        raise CheckpointError(f"edit history must be a list, got {type(edits).__name__}")
-    parsed: list[Edit] = []
-    for index, data in enumerate(edits):
-        kind = data.get("kind") if isinstance(data, dict) else None
-        if kind not in EDIT_KINDS:
-            what = f"unknown kind {kind!r}" if isinstance(data, dict) else f"a {type(data).__name__}"
-            raise CheckpointError(
-                f"edit {index} has {what}; known kinds: {', '.join(sorted(EDIT_KINDS))} "
-                "(a file written by a newer prunekit?)"
-            )
-        try:
-            parsed.append(EDIT_KINDS[kind].from_json(data))
-        except _Malformed as exc:
-            raise CheckpointError(f"edit {index} ({kind}) is malformed: {exc}") from None
-    return parsed
+__all__ = [
+    "EDITS_ATTR",
+    "EDIT_KINDS",
+    "MASKS_ATTR",
+    "ChannelEdit",
+    "Edit",
+    "LowRankEdit",
+    "MaskEdit",
+    "parse",
+    "record",
+    "record_masks",
+    "replay",
+]
 
 
 def replay(model: nn.Module, edits: object) -> nn.Module:
@@ -208,7 +61,7 @@ def replay(model: nn.Module, edits: object) -> nn.Module:
         )
     for index, edit in enumerate(parsed):
         try:
-            model = edit.replay(model)
+            model = _REPLAY[type(edit)](model, edit)
         except SurgeryError as exc:
             raise CheckpointError(
                 f"the file's edits do not fit its architecture: edit {index} ({edit.kind}): {exc}"
@@ -216,33 +69,46 @@ def replay(model: nn.Module, edits: object) -> nn.Module:
     return model
 
 
-def _refit_masks(model: nn.Module) -> None:
-    """Keep ``prunekit_masks`` valid after a structural edit. Surgery only removes slices, so a parameter
-    whose shape did not change kept its mask exactly. A narrowed one keeps its surviving zeros, as
-    DeepHoyer does (`record_masks` folded the masks, so masked elements are zero); a parameter that is
-    gone (a decomposed conv's weight) loses its mask, since the new factors are dense by construction."""
-    masks = getattr(model, MASKS_ATTR, None)
-    if not masks:
-        return
-    params = dict(model.named_parameters())
-    refit = {
-        name: mask if mask.shape == params[name].shape else params[name].detach() != 0
-        for name, mask in masks.items()
-        if name in params
-    }
-    setattr(model, MASKS_ATTR, MaskSet(refit))
+def _replay_channels(model: nn.Module, edit: ChannelEdit) -> nn.Module:
+    example = torch.zeros(1, *edit.input_shape, device=_device(model))
+    try:
+        return apply(model, edit.plan, example)  # records the edit on the copy it returns
+    except RuntimeError as exc:  # tracing the base on an input of the wrong shape
+        raise SurgeryError(f"the model does not run on an input of shape {edit.input_shape}: {exc}") from None
 
 
-def _mapping(data: Mapping[str, Any], key: str) -> dict[str, Any]:
-    value = data.get(key)
-    if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-        raise _Malformed(f"{key!r} must be an object keyed by layer name, got {value!r}")
-    return value
+def _replay_lowrank(model: nn.Module, edit: LowRankEdit) -> nn.Module:
+    modules = dict(model.named_modules())
+    for name in edit.plan:
+        if not name or name not in modules:
+            raise SurgeryError(f"no layer named {name!r} to decompose")
+    for name, (scheme, rank) in edit.plan.items():
+        try:
+            shell = LowRankConv2d.shaped_like(modules[name], scheme, rank, name=name)
+        except ConfigError as exc:  # an unknown scheme
+            raise SurgeryError(str(exc)) from None
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, shell)
+    record(model, edit)
+    return model
 
 
-def _int_list(value: object) -> bool:
-    # bool is an int subclass, but True as a channel index or rank is a corrupt file, not a 1.
-    return isinstance(value, list) and all(type(v) is int for v in value)
+def _replay_masks(model: nn.Module, edit: MaskEdit) -> nn.Module:
+    # Nothing changes shape; the masks come from the file. Still check that the parameters exist at this
+    # point of the history, so a history that names the wrong ones is refused.
+    named = dict(model.named_parameters())
+    missing = [p for p in edit.params if p not in named]
+    if missing:
+        raise SurgeryError(f"masked parameters {missing} are not in the model")
+    record(model, edit)
+    return model
+
+
+_REPLAY: dict[type, Callable[[nn.Module, Any], nn.Module]] = {
+    ChannelEdit: _replay_channels,
+    LowRankEdit: _replay_lowrank,
+    MaskEdit: _replay_masks,
+}
 
 
 def _device(model: nn.Module) -> torch.device:

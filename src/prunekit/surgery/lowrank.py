@@ -25,7 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from prunekit.errors import ConfigError, SurgeryError, unknown_name
-from prunekit.surgery import history
+from prunekit.surgery.edits import LowRankEdit, record
 
 SCHEMES: tuple[str, ...] = ("NC", "VH")
 
@@ -311,5 +311,5 @@ def decompose(model: nn.Module, plan: Mapping[str, tuple[str, int]]) -> nn.Modul
         scheme, rank = plan[name]
         parent_name, _, leaf = name.rpartition(".")
         setattr(new.get_submodule(parent_name), leaf, LowRankConv2d._from_svd(conv, scheme, rank, svd))
-    history.record(new, history.LowRankEdit({name: (scheme, rank) for name, (scheme, rank) in plan.items()}))
+    record(new, LowRankEdit({name: (scheme, rank) for name, (scheme, rank) in plan.items()}))
     return new

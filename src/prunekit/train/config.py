@@ -1,4 +1,8 @@
-"""TrainConfig: every optimisation setting of a run, validated on construction and YAML round-trippable."""
+"""TrainConfig: every optimisation setting of a run, validated on construction and YAML round-trippable.
+
+Each field's `metadata["help"]` is its documentation; the CLI generates its options and YAML keys from
+these fields. `schedules` builds on this module, never the other way round.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +11,6 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from prunekit.errors import ConfigError, unknown_name
-from prunekit.train.schedules import parse_piecewise
 
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("multistep", "cosine", "piecewise", "constant")
@@ -29,27 +32,34 @@ class TrainConfig:
     any model with convolutions (CPU and GPU).
     """
 
-    epochs: int = 10
-    batch_size: int = 128
-    optimizer: str = "sgd"
-    lr: float = 0.1
-    momentum: float = 0.9
-    nesterov: bool = False
-    weight_decay: float = 5e-4
-    schedule: str = "cosine"
-    milestones: list[int] = field(default_factory=list)
-    gamma: float = 0.1
-    piecewise: str | None = None
-    warmup_epochs: float = 0.0
-    label_smoothing: float = 0.0
-    kd_temperature: float = 4.0
-    kd_alpha: float = 0.9
-    amp: str = "auto"
-    channels_last: str = "auto"
-    compile: bool = False
-    seed: int = 0
-    eval_every: int = 1
-    grad_clip: float | None = None
+    epochs: int = field(default=10, metadata={"help": "training epochs"})
+    batch_size: int = field(default=128, metadata={"help": "training batch size"})
+    optimizer: str = field(default="sgd", metadata={"help": " | ".join(OPTIMIZERS)})
+    lr: float = field(default=0.1, metadata={"help": "learning rate the schedule starts from"})
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum"})
+    nesterov: bool = field(default=False, metadata={"help": "Nesterov momentum (SGD only)"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "L2 weight decay"})
+    schedule: str = field(default="cosine", metadata={"help": "lr schedule: " + " | ".join(SCHEDULES)})
+    milestones: list[int] = field(
+        default_factory=list,
+        metadata={"help": "multistep: epochs where lr is multiplied by gamma, e.g. 50,100"},
+    )
+    gamma: float = field(default=0.1, metadata={"help": "multistep: lr factor at each milestone"})
+    piecewise: str | None = field(
+        default=None, metadata={"help": 'piecewise: lr from each epoch on, e.g. "0:0.01,60:0.001,90:0.0001"'}
+    )
+    warmup_epochs: float = field(default=0.0, metadata={"help": "linear lr warm-up, in (fractional) epochs"})
+    label_smoothing: float = field(default=0.0, metadata={"help": "cross-entropy label smoothing"})
+    kd_temperature: float = field(default=4.0, metadata={"help": "knowledge distillation: temperature T"})
+    kd_alpha: float = field(default=0.9, metadata={"help": "knowledge distillation: weight of the KL term"})
+    amp: str = field(default="auto", metadata={"help": "auto (bf16 on CUDA) | bf16 | off"})
+    channels_last: str = field(
+        default="auto", metadata={"help": "auto (on for models with convolutions) | on | off"}
+    )
+    compile: bool = field(default=False, metadata={"help": "torch.compile the model"})
+    seed: int = field(default=0, metadata={"help": "seed of initialisation, data order and augmentation"})
+    eval_every: int = field(default=1, metadata={"help": "validate every N epochs (the last one always)"})
+    grad_clip: float | None = field(default=None, metadata={"help": "clip the gradient norm to this value"})
 
     def __post_init__(self) -> None:
         # YAML and the CLI hand us strings ("1e-3" is a str in YAML 1.1) and bools ("off" is False).
@@ -171,3 +181,31 @@ def _check_range(
         else:
             bound = f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
         raise ConfigError(f"{name} must be {bound}, got {value:g}")
+
+
+def parse_piecewise(text: str) -> list[tuple[int, float]]:
+    """`"0:0.01,60:0.001"` → `[(0, 0.01), (60, 0.001)]`: lr from that epoch on; starts at 0, increasing."""
+    pieces: list[tuple[int, float]] = []
+    pos = 0
+    for item in text.split(","):
+        where = f"piecewise schedule {text!r}: item {item.strip()!r} at position {pos}"
+        epoch_s, sep, lr_s = item.partition(":")
+        if not sep:
+            raise ConfigError(f'{where} is not EPOCH:LR (expected e.g. "0:0.1,60:0.01,90:0.001")')
+        try:
+            epoch = int(epoch_s)
+        except ValueError:
+            raise ConfigError(f"{where}: epoch {epoch_s.strip()!r} is not a whole number") from None
+        try:
+            lr = float(lr_s)
+        except ValueError:
+            raise ConfigError(f"{where}: lr {lr_s.strip()!r} is not a number") from None
+        if not math.isfinite(lr) or lr < 0:
+            raise ConfigError(f"{where}: lr must be a finite number ≥ 0")
+        if not pieces and epoch != 0:
+            raise ConfigError(f"{where}: the first epoch must be 0 (the lr from the start)")
+        if pieces and epoch <= pieces[-1][0]:
+            raise ConfigError(f"{where}: epochs must increase (epoch {epoch} after {pieces[-1][0]})")
+        pieces.append((epoch, lr))
+        pos += len(item) + 1
+    return pieces

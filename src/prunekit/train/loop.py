@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from prunekit.errors import ConfigError, DataError, PrunekitError
 from prunekit.train.config import TrainConfig
 from prunekit.train.distributed import DistInfo, all_reduce_sum, broadcast_from_main
+from prunekit.train.hooks import Hooks
 from prunekit.train.losses import training_loss
 from prunekit.train.metrics import topk_correct
 from prunekit.train.optim import build_optimizer
@@ -64,6 +65,7 @@ def fit(
     cfg: TrainConfig,
     *,
     method: Any = None,
+    hooks: Sequence[Any] = (),
     teacher: nn.Module | None = None,
     run_dir: str | os.PathLike[str] | None = None,
     resume: bool = False,
@@ -75,8 +77,10 @@ def fit(
     """Train `model` in place for `cfg.epochs` epochs, evaluating on `val` every `cfg.eval_every` epochs and
     after the last one.
 
-    `method` may define `penalty(model) -> Tensor | None` (added to the loss) and `after_step(model, step)`
-    (called after every optimizer step; `step` counts steps from 1 over the whole run). With `run_dir` the
+    `hooks` (and `method`, one more hook) may define `penalty(model, step) -> Tensor | None` (added to the
+    loss), `after_backward(model, step)` (gradient edits before the optimizer step) and
+    `after_step(model, step)` (after every optimizer step); `step` counts steps from 1 over the whole run
+    (`train.hooks`). With `run_dir` the
     main rank appends each epoch to `log.jsonl` and checkpoints atomically; `resume=True` continues from
     that checkpoint exactly. Under torchrun (`dist.world_size > 1`) the model is wrapped in
     DistributedDataParallel and metrics are summed over ranks, so every rank returns the same numbers;
@@ -121,7 +125,19 @@ def fit(
     if cfg.compile:
         net = torch.compile(net)  # type: ignore[assignment]
 
-    run = _Run(net, model, optimizer, schedule, cfg, device, amp_dtype, channels_last, teacher, method, dist)
+    run = _Run(
+        net,
+        model,
+        optimizer,
+        schedule,
+        cfg,
+        device,
+        amp_dtype,
+        channels_last,
+        teacher,
+        Hooks([*hooks, method]),
+        dist,
+    )
     reporter = make_reporter(progress, cfg.epochs, enabled=is_main)
     try:
         for epoch in range(len(history), cfg.epochs):
@@ -207,7 +223,7 @@ class _Run:
     amp_dtype: torch.dtype | None
     channels_last: bool
     teacher: nn.Module | None
-    method: Any
+    hooks: Hooks
     dist: DistInfo | None
 
 
@@ -219,8 +235,7 @@ def _train_epoch(
     net.train()
     if hasattr(train, "set_epoch"):
         train.set_epoch(epoch)
-    penalty_fn = getattr(run.method, "penalty", None)
-    after_step = getattr(run.method, "after_step", None)
+    hooks = run.hooks
     params = [p for group in optimizer.param_groups for p in group["params"]]
     sums = torch.zeros(4, dtype=torch.float64, device=run.device)  # loss·n, correct, penalty, samples
     seen = 0
@@ -251,18 +266,18 @@ def _train_epoch(
             alpha=cfg.kd_alpha,
         )
         total = loss
-        penalty = penalty_fn(model) if penalty_fn is not None else None
+        penalty = hooks.penalty(model, step + 1) if hooks.has_penalty else None
         if penalty is not None:
             total = loss + penalty
             sums[2] += penalty.detach()
         optimizer.zero_grad(set_to_none=True)
         total.backward()
+        hooks.after_backward(model, step + 1)
         if cfg.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip)
         optimizer.step()
         step += 1
-        if after_step is not None:
-            after_step(model, step)
+        hooks.after_step(model, step)
         n = y.shape[0]
         seen += n
         sums[0] += loss.detach() * n
@@ -296,7 +311,7 @@ def _train_epoch(
         "images_per_s": samples / elapsed,
         "epoch_time_s": elapsed,
     }
-    if penalty_fn is not None:
+    if hooks.has_penalty:
         world = run.dist.world_size if run.dist is not None else 1
         record["train_penalty"] = penalty_sum / (batches * world)
     return record, step

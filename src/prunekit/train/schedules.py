@@ -10,40 +10,9 @@ from __future__ import annotations
 import bisect
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from prunekit.errors import ConfigError
-
-if TYPE_CHECKING:
-    from prunekit.train.config import TrainConfig
-
-
-def parse_piecewise(text: str) -> list[tuple[int, float]]:
-    """`"0:0.01,60:0.001"` → `[(0, 0.01), (60, 0.001)]`: lr from that epoch on; starts at 0, increasing."""
-    pieces: list[tuple[int, float]] = []
-    pos = 0
-    for item in text.split(","):
-        where = f"piecewise schedule {text!r}: item {item.strip()!r} at position {pos}"
-        epoch_s, sep, lr_s = item.partition(":")
-        if not sep:
-            raise ConfigError(f'{where} is not EPOCH:LR (expected e.g. "0:0.1,60:0.01,90:0.001")')
-        try:
-            epoch = int(epoch_s)
-        except ValueError:
-            raise ConfigError(f"{where}: epoch {epoch_s.strip()!r} is not a whole number") from None
-        try:
-            lr = float(lr_s)
-        except ValueError:
-            raise ConfigError(f"{where}: lr {lr_s.strip()!r} is not a number") from None
-        if not math.isfinite(lr) or lr < 0:
-            raise ConfigError(f"{where}: lr must be a finite number ≥ 0")
-        if not pieces and epoch != 0:
-            raise ConfigError(f"{where}: the first epoch must be 0 (the lr from the start)")
-        if pieces and epoch <= pieces[-1][0]:
-            raise ConfigError(f"{where}: epochs must increase (epoch {epoch} after {pieces[-1][0]})")
-        pieces.append((epoch, lr))
-        pos += len(item) + 1
-    return pieces
+from prunekit.train.config import TrainConfig, parse_piecewise
 
 
 @dataclass(frozen=True)

@@ -20,19 +20,31 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 from torch import Tensor, nn
 
 from prunekit.errors import ConfigError, SurgeryError, unknown_name
-from prunekit.methods.base import Calib, Method, Plan, example_input, register_method
+from prunekit.methods.base import (
+    BudgetKind,
+    Calib,
+    Method,
+    Plan,
+    Pruned,
+    Schedule,
+    example_input,
+    register_method,
+)
 from prunekit.methods.deephoyer import regularizers
 from prunekit.surgery.channels import apply
 from prunekit.surgery.constants import fold_constant_channels
 from prunekit.surgery.dead_channels import zero_channel_plan
 from prunekit.surgery.masks import MaskSet, fold
+
+if TYPE_CHECKING:
+    from prunekit.methods.stage import Stage
 
 THRESHOLD_RULES = ("fixed", "std")
 _LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
@@ -43,21 +55,44 @@ class DeepHoyerOptions:
     """`decay` multiplies the summed regulariser. `include_biases=None` follows the release: biases are
     regularised and pruned with the element-wise regularisers (MNIST), never with the group ones."""
 
-    regularizer: str = "hoyer_square"
-    decay: float = 1e-4
-    tl1_a: float = 1.0  # the `a` of transformed L1; the release fixes it at 1
-    include_biases: bool | None = None
-    threshold: str = "std"  # "fixed": |w| < sensitivity; "std": |w| < sensitivity · std(w) per tensor
-    sensitivity: float = 0.25  # the release's defaults: 0.25 (std, MNIST), 1e-3 (fixed, MNIST)
-    structural: bool = False  # remove dead filters/channels physically after thresholding
-    # Threshold biases too (None: exactly when they are regularised). The MNIST release thresholds every
-    # tensor, biases included, whatever the regulariser; with group regularisers that is what lets a
-    # filter whose weights died disappear instead of surviving as a constant ReLU(bias) map.
-    prune_biases: bool | None = None
-    reproduce_grouping_bug: bool = False  # the release's dims-0/1 "fibre" groups (see regularizers)
-    # Structural only: also remove filters whose weights all died but whose bias (or BatchNorm) did not,
-    # folding their constant output into the consumer's bias where that is exact (`surgery.constants`).
-    fold_constants: bool = True
+    regularizer: str = field(
+        default="hoyer_square",
+        metadata={"help": "l1, hoyer, hoyer_square, transformed_l1, group_lasso, group_hs"},
+    )
+    decay: float = field(
+        default=1e-4, metadata={"help": "weight of the summed regulariser", "effect": "sparsify"}
+    )
+    tl1_a: float = field(
+        default=1.0, metadata={"help": "the a of transformed L1 (the release fixes 1)", "effect": "sparsify"}
+    )
+    include_biases: bool | None = field(
+        default=None, metadata={"help": "regularise biases too (unset: with element-wise regularisers)"}
+    )
+    threshold: str = field(
+        default="std",
+        metadata={"help": "fixed: |w| < sensitivity; std: |w| < sensitivity * std(w) per tensor"},
+    )
+    sensitivity: float = field(
+        default=0.25, metadata={"help": "threshold scale (release: 0.25 std, 1e-3 fixed); the budget knob"}
+    )
+    structural: bool = field(
+        default=False, metadata={"help": "remove dead filters/channels physically after thresholding"}
+    )
+    # The MNIST release thresholds every tensor, biases included, whatever the regulariser; with group
+    # regularisers that is what lets a filter whose weights died disappear instead of surviving as a
+    # constant ReLU(bias) map.
+    prune_biases: bool | None = field(
+        default=None, metadata={"help": "threshold biases too (unset: exactly when they are regularised)"}
+    )
+    reproduce_grouping_bug: bool = field(
+        default=False,
+        metadata={"help": "the release's dims-0/1 'fibre' groups (group regularisers)", "effect": "sparsify"},
+    )
+    # Folding is exact only where the constant reaches the consumer unchanged (`surgery.constants`).
+    fold_constants: bool = field(
+        default=True,
+        metadata={"help": "structural: also remove constant-output filters, folding the constant"},
+    )
 
     def __post_init__(self) -> None:
         if self.regularizer not in regularizers.REGULARIZERS:
@@ -70,6 +105,16 @@ class DeepHoyerOptions:
             raise ConfigError(f"deephoyer sensitivity must be >= 0, got {self.sensitivity:g}")
         if not self.tl1_a > 0:
             raise ConfigError(f"deephoyer tl1_a must be > 0, got {self.tl1_a:g}")
+        if self.tl1_a != 1.0 and self.regularizer != "transformed_l1":
+            raise ConfigError(
+                f"tl1_a is the a of regularizer 'transformed_l1'; {self.regularizer!r} has none"
+            )
+        if self.reproduce_grouping_bug and not self.grouped:
+            raise ConfigError(
+                f"reproduce_grouping_bug changes the groups of group regularisers; {self.regularizer!r} has none"
+            )
+        if not self.structural and not self.fold_constants:
+            raise ConfigError("fold_constants acts on the structural mode only; set structural=true")
         if self.include_biases and self.grouped:
             raise ConfigError(
                 f"regularizer {self.regularizer!r} acts on filter/channel groups of weight tensors; biases "
@@ -85,22 +130,40 @@ class DeepHoyerOptions:
         return not self.grouped if self.include_biases is None else self.include_biases
 
 
-@dataclass(frozen=True)
-class PruneResult:
-    """The pruned model (a copy), the masks to fine-tune it under, the per-tensor thresholds used, and the
-    channel plan that was removed physically (empty unless structural)."""
+@dataclass
+class PruneResult(Pruned):
+    """`Pruned`, plus the per-tensor thresholds used and the channel plan that was removed physically
+    (empty unless structural)."""
 
-    model: nn.Module
-    masks: MaskSet
-    thresholds: dict[str, float]
-    plan: Plan
+    thresholds: dict[str, float] = field(default_factory=dict)
+    plan: Plan = field(default_factory=dict)
 
 
 @register_method
 class DeepHoyer(Method):
+    """DeepHoyer: Hoyer-type sparsity regularisers, then a threshold (Yang, Wen, Li, ICLR 2020).
+
+    The budget knob is the threshold's `sensitivity`: in the structural mode a MAC budget
+    (``target_macs``) moves it until enough filters die, element-wise a ``target_density`` does.
+    """
+
     name = "deephoyer"
     Options: ClassVar[type] = DeepHoyerOptions
     options: DeepHoyerOptions
+    knob = "sensitivity"
+    knob_range = (0.0, 10.0)
+    schedule = Schedule(sparsify_epochs=20, finetune_epochs=10)
+    # decay/sensitivity tuned for three regularised epochs of LeNet-5, not the paper's schedule.
+    demo = Schedule(
+        sparsify_epochs=3,
+        finetune_epochs=3,
+        sparsify={"optimizer": "adam", "lr": 1e-3, "schedule": "constant", "weight_decay": 0.0},
+        options={"regularizer": "group_hs", "decay": 0.01, "sensitivity": 0.8, "structural": True},
+        label="group-HS",
+    )
+
+    def budget_kind(self) -> BudgetKind:
+        return "macs" if self.options.structural else "density"
 
     def tensors(self, model: nn.Module, *, for_pruning: bool = False) -> dict[str, nn.Parameter]:
         """The parameters regularised (or, `for_pruning`, thresholded): conv/linear weights, plus biases
@@ -120,7 +183,7 @@ class DeepHoyer(Method):
             raise ConfigError("deephoyer found no conv or linear layer to regularise")
         return chosen
 
-    def penalty(self, model: nn.Module) -> Tensor | None:
+    def penalty(self, model: nn.Module, step: int = 0) -> Tensor | None:
         opts = self.options
         if opts.decay == 0:
             return None
@@ -163,14 +226,15 @@ class DeepHoyer(Method):
         `prune(...).model`, not `apply(model, plan)`."""
         return self.prune(model, calib).plan
 
-    def prune(self, model: nn.Module, calib: Calib | None = None) -> PruneResult:
+    def prune(self, model: nn.Module, calib: Calib | None = None, stage: Stage | None = None) -> PruneResult:
         """Threshold a copy of `model`; with `options.structural`, also remove its dead channels (needs
         `calib`, whose first samples trace the model and check the removal changed no output)."""
         thresholds = self.thresholds(model)
         masks = self.masks(model, thresholds)
         masked = fold(copy.deepcopy(model), masks)
+        details = {"thresholds": thresholds}
         if not self.options.structural:
-            return PruneResult(masked, masks, thresholds, {})
+            return PruneResult(masked, masks, details, thresholds=thresholds)
         example = example_input(calib, self.name)
         checks = calib[:16] if calib is not None else example
         plan = zero_channel_plan(masked, example)
@@ -182,9 +246,10 @@ class DeepHoyer(Method):
             smaller, folded = fold_constant_channels(smaller, checks)
             plan = _compose(plan, folded)
         if not plan:
-            return PruneResult(masked, masks, thresholds, {})
+            return PruneResult(masked, masks, details, thresholds=thresholds)
         # Surgery keeps parameter names, so the masks of the smaller model are its surviving zeros.
-        return PruneResult(smaller, MaskSet.from_zeros(smaller, params=list(masks)), thresholds, plan)
+        remaining = MaskSet.from_zeros(smaller, params=list(masks))
+        return PruneResult(smaller, remaining, details, thresholds=thresholds, plan=plan)
 
 
 def _compose(first: Plan, then: Mapping[str, Sequence[int]]) -> Plan:

@@ -16,8 +16,8 @@ from __future__ import annotations
 import warnings
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -25,13 +25,28 @@ from torch import Tensor, nn
 
 from prunekit.errors import ConfigError
 from prunekit.measure.cost import Cost, cost
-from prunekit.measure.hrank_counter import LegacyCost, hrank_legacy_count, pruned_filters
-from prunekit.methods.base import Calib, Method, Plan, example_input, prunable_groups, register_method
+from prunekit.measure.hrank_counter import LegacyCost, hrank_legacy_count
+from prunekit.methods.base import (
+    Calib,
+    LayerGroup,
+    Plan,
+    Pruned,
+    Schedule,
+    ScoringMethod,
+    couple_ratios,
+    plan_from_ratios,
+    prunable_groups,
+    register_method,
+)
 from prunekit.methods.base import select_kept as stable_select_kept
+from prunekit.methods.budget import BudgetResult, meet_budget
 from prunekit.methods.hrank.layouts import PRESETS, EntryOrder, Tap, conv_rates, layout_for
-from prunekit.methods.selection import parse_selection
+from prunekit.methods.selection import Selection, parse_selection
 from prunekit.models import create, default_input_shape
 from prunekit.surgery.channels import apply as apply_plan
+
+if TYPE_CHECKING:
+    from prunekit.methods.stage import Stage
 
 TieBreak = Literal["stable", "numpy"]
 
@@ -199,40 +214,17 @@ def hrank_plan(
     scores: Mapping[str, Tensor] | None = None,
     tie_break: TieBreak = "stable",
 ) -> Plan:
-    """Channel plan pruning each conv by ``rates[conv]``, removing its lowest-`scores` filters (without
-    scores: the last ones, which is enough to count a configuration's cost).
+    """Channel plan pruning each conv by ``rates[conv]`` (a compress_rate read per conv), removing its
+    lowest-`scores` filters (without scores: the last ones, which is enough to count a configuration's cost).
 
-    Convs whose outputs are added (a residual stage) must keep one channel set. HRank only zero-masks
-    them, so its rates for them may differ; a channel of the shared stream can only go when every writer
-    drops it, so the group is pruned at its members' smallest rate (a warning says so), ranked by the sum
-    of the members' ranks.
+    HRank only zero-masks, so its rates for convs whose outputs are added (a residual stage) may differ;
+    physically they keep one channel set, pruned at the members' smallest rate (`couple_ratios`, with a
+    warning), ranked by the sum of the members' ranks.
     """
-    plan: Plan = {}
-    lowered: list[str] = []
-    for group in prunable_groups(model, example):
-        member_rates = {name: rates.get(name, 0.0) for name in group.members}
-        rate = min(member_rates.values())
-        if len(set(member_rates.values())) > 1 and max(member_rates.values()) > 0:
-            lowered.append(f"{group.members[0]} (+{len(group.members) - 1} coupled) at {rate:g}")
-        if rate == 0:
-            continue
-        if scores is None:
-            kept = list(range(group.out_channels - pruned_filters(rate, group.out_channels)))
-        else:
-            ranked = [scores[name] for name in group.members if name in scores]
-            if not ranked:
-                raise ConfigError(
-                    f"no HRank scores for {', '.join(group.members)}; rank them before planning"
-                )
-            kept = hrank_select(torch.stack(ranked).sum(0), rate, tie_break, group.members[0])
-        plan.update(dict.fromkeys(group.members, kept))
-    if lowered:
-        warnings.warn(
-            "layers that share output channels through residual adds got different HRank rates; pruned at "
-            f"their smallest: {'; '.join(lowered)}",
-            stacklevel=2,
-        )
-    return plan
+    groups = prunable_groups(model, example)
+    ratios = couple_ratios(groups, rates, set(rates), from_list=True)
+    score = None if scores is None else scores.get
+    return plan_from_ratios(groups, ratios, score, lambda s, r, layer: hrank_select(s, r, tie_break, layer))
 
 
 # ---------------------------------------------------------------- counting a compress_rate
@@ -270,27 +262,45 @@ def true_pruned_cost(arch: str, compress_rate: str | Sequence[float]) -> Cost:
 @dataclass
 class HRankOptions:
     """`rates` is HRank's compress_rate: a list expression in HRank's entry order
-    (``"[0.1]+[0.60]*35+..."``), a preset name (`layouts.PRESETS`) or one rate for every entry."""
+    (``"[0.1]+[0.60]*35+..."``), a preset name (`layouts.PRESETS`), one rate for every entry, glob rules or
+    a budget (any layer selection)."""
 
-    rates: str = "0.5"
-    n_images: int = DEFAULT_IMAGES
-    batch_size: int = 128
-    tie_break: TieBreak = "stable"
-    # How the pipeline fine-tunes: "oneshot" (HRankPlus: prune, then one fine-tune) or "layerwise"
-    # (original HRank: one mask-and-fine-tune stage per entry, §3.1).
-    schedule: Literal["oneshot", "layerwise"] = "oneshot"
-    # One-shot only: "remove" prunes physically (HRankPlus); "mask" zeroes the filters as HRank's own
-    # code does, then removes only the channels that are truly dead (`prunekit.methods.hrank.schedule`). The
-    # layerwise schedule always masks.
-    mode: Literal["remove", "mask"] = "remove"
-    # HRank fine-tunes even the stages whose entry prunes nothing; True skips them (layerwise only).
-    skip_zero_rate_stages: bool = False
-    # Layerwise only: the 1-based HRank stages (one per compress_rate entry) after which to fine-tune; the
-    # others only add their masks. HRank's ResNet-50 trains after the stem and each complete bottleneck
-    # (spec §3.1). None: every stage.
-    train_stages: tuple[int, ...] | None = None
+    rates: str = field(
+        default="0.5",
+        metadata={"help": "compress_rate: list in HRank's entry order, preset name, or selection"},
+    )
+    n_images: int = field(default=DEFAULT_IMAGES, metadata={"help": "training images whose maps are ranked"})
+    batch_size: int = field(default=128, metadata={"help": "images per ranking forward", "effect": "speed"})
+    tie_break: TieBreak = field(
+        default="stable", metadata={"help": "equal ranks: lower index first, or numpy's argsort (bit-exact)"}
+    )
+    schedule: Literal["oneshot", "layerwise"] = field(
+        default="oneshot",
+        metadata={
+            "help": "oneshot (HRankPlus: prune, then fine-tune) or layerwise (mask + fine-tune per entry)"
+        },
+    )
+    mode: Literal["remove", "mask"] = field(
+        default="remove",
+        metadata={
+            "help": "oneshot: remove filters, or zero them as HRank's code does (dead channels then go)"
+        },
+    )
+    skip_zero_rate_stages: bool = field(
+        default=False,
+        metadata={"help": "layerwise: do not fine-tune stages whose entry prunes nothing", "effect": "data"},
+    )
+    train_stages: tuple[int, ...] | None = field(
+        default=None, metadata={"help": "layerwise: 1-based stages after which to fine-tune (default: all)"}
+    )
 
     def __post_init__(self) -> None:
+        if self.skip_zero_rate_stages and self.schedule != "layerwise":
+            raise ConfigError(
+                "skip_zero_rate_stages skips stages of schedule=layerwise; the one-shot has none"
+            )
+        if self.mode == "mask" and self.schedule == "layerwise":
+            raise ConfigError("mode chooses the one-shot's form; schedule=layerwise always masks: drop mode")
         if self.train_stages is not None:
             if self.schedule != "layerwise":
                 raise ConfigError("train_stages chooses stages of schedule=layerwise; the one-shot has none")
@@ -306,29 +316,82 @@ class HRankOptions:
 
 
 @register_method
-class HRank(Method):
-    """Ranks are computed once, on the dense model (`prepare`), as HRank's author confirms (issue #15)."""
+class HRank(ScoringMethod):
+    """HRank: remove the filters whose feature maps have the lowest average rank (Lin et al., CVPR 2020).
+
+    Ranks are computed once, on the dense model (`prepare`), as HRank's author confirms (issue #15). The
+    allocation maps list expressions onto HRank's compress_rate entries (`layouts`); the one-shot removes
+    filters physically, ``mode="mask"`` and ``schedule="layerwise"`` reproduce the original's masked runs
+    (`schedule`), after which the channels that are truly dead are removed.
+    """
 
     name = "hrank"
     Options = HRankOptions
     options: HRankOptions
+    presets = PRESETS
+    schedule = Schedule(finetune_epochs=30)
+    demo = Schedule(finetune_epochs=3, options={"n_images": 256})
 
-    def __init__(self, options: HRankOptions | None = None) -> None:
-        super().__init__(options)
+    def __init__(self, options: HRankOptions | None = None, selection: Selection | None = None) -> None:
+        super().__init__(options, selection)
         self.scores: dict[str, Tensor] | None = None
+        masked = self.options.schedule == "layerwise" or self.options.mode == "mask"
+        if masked and self.selection.budget is not None:
+            raise ConfigError(
+                "a MAC budget needs HRank's physical one-shot (schedule=oneshot, mode=remove): the masked "
+                "schedules keep channels alive through residual adds, so their MACs are not set by the rates"
+            )
+
+    def calib_images(self) -> int:
+        return self.options.n_images
+
+    def entries(self, model: nn.Module, groups: Sequence[LayerGroup]) -> list[tuple[str, ...]]:
+        return list(layout_for(model).entries)
+
+    def layer_ratios(
+        self, model: nn.Module, example: Tensor, groups: list[LayerGroup]
+    ) -> tuple[dict[str, float], BudgetResult | None]:
+        if self.selection.rules:
+            return super().layer_ratios(model, example, groups)
+        layout = layout_for(model)
+        if self.selection.sequence is not None or self.selection.uniform is not None:
+            rates = conv_rates(layout, self.selection.spec)
+        else:  # a budget alone scales one rate for every entry
+            rates = {conv: 1.0 for convs in layout.entries for conv in convs}
+        ratios = couple_ratios(groups, rates, set(rates), from_list=True)
+        if self.selection.budget is None:
+            return ratios, None
+        result = meet_budget(model, example, self.selection.budget, ratios)
+        return result.ratios, result
+
+    def conv_rates(self, model: nn.Module) -> dict[str, float]:
+        """Rate per conv of the masked schedules: the compress_rate read per conv, no coupling."""
+        layout = layout_for(model)
+        if self.selection.rules:
+            names = [conv for convs in layout.entries for conv in convs]
+            return self.selection.ratios(names)
+        if self.selection.sequence is None and self.selection.uniform is None:
+            return dict(self.budget.ratios) if self.budget is not None else {}  # a budget: what it found
+        return conv_rates(layout, self.selection.spec)
 
     def prepare(self, model: nn.Module, calib: Calib | Iterable[Any] | None) -> None:
         if calib is None:
             raise ConfigError("HRank needs training images to rank feature maps; calib is None")
-        conv_rates(layout_for(model), self.options.rates)  # a wrong-length list fails before the ranking
+        self.conv_rates(model)  # a wrong-length list fails before the ranking
         self.scores = hrank_scores(
             model, calib, n_images=self.options.n_images, batch_size=self.options.batch_size
         )
 
-    def plan(self, model: nn.Module, calib: Calib | None) -> Plan:
-        example = example_input(calib, self.name)
-        rates = conv_rates(layout_for(model), self.options.rates)
+    def score(self, model: nn.Module, layer: str, calib: Calib | None) -> Tensor | None:
         if self.scores is None:
             self.prepare(model, calib)
         assert self.scores is not None
-        return hrank_plan(model, example, rates, self.scores, self.options.tie_break)
+        return self.scores.get(layer)
+
+    def select(self, scores: Tensor, ratio: float, layer: str) -> list[int]:
+        return hrank_select(scores, ratio, self.options.tie_break, layer)
+
+    def prune(self, model: nn.Module, calib: Calib | None, stage: Stage | None = None) -> Pruned:
+        from prunekit.methods.hrank.schedule import hrank_prune
+
+        return hrank_prune(self, model, calib, stage)

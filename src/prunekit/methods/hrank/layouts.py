@@ -1,16 +1,16 @@
 """What HRank's per-architecture conventions mean for the zoo's models (specs/hrank.md §1.2, §2).
 
-For each architecture of the HRank release this module states, as data built from the model's own
-module names:
+Which module's output each conv is ranked on (the **taps**) is zoo metadata that other methods share:
+the model declares it (`prunekit.models.feature_taps(model, "activation")`). For each architecture of
+the HRank release this module adds, as data built from the model's own module names:
 
-- the **taps**: which module's forward output is ranked for each conv, and which channel slice of it
-  belongs to that conv (e.g. a GoogLeNet inception output split by branch widths);
 - the **entries**: what entry k of a ``compress_rate`` list prunes, in HRank's "mask order" (the
   parameter order `mask.py` walks) and in the order its FLOPs script reads them, which differs for
   ResNet-50 and GoogLeNet (bugs of the release, kept so the published counts reproduce);
 - the **presets**: every published configuration, by name.
 
-Any other model falls back to one entry per conv, ranked after the ReLU that follows it.
+A model that declares taps but is not of a family listed here gets one entry per tapped conv. Any model
+that declares none falls back to one entry per conv, ranked after the ReLU that follows it.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 from typing import Literal
 
 from torch import nn
@@ -26,23 +27,16 @@ from prunekit.errors import ConfigError, unknown_name
 from prunekit.methods.selection import parse_selection
 from prunekit.models.densenet import DenseNet
 from prunekit.models.googlenet import GoogLeNet
-from prunekit.models.lenet import LeNet5
-from prunekit.models.resnet_cifar import CifarResNet
 from prunekit.models.resnet_imagenet import ImageNetResNet
+from prunekit.models.taps import FeatureTap, feature_taps
 from prunekit.models.vgg import VGG16BN
 
 #: Which order reads a compress_rate: HRank's masks (the real pruning) or its FLOPs script.
 EntryOrder = Literal["mask", "flops_script"]
 
 
-@dataclass(frozen=True)
-class Tap:
-    """Conv `conv` is ranked on channels ``[start:stop]`` of the forward output of module `module`."""
-
-    conv: str
-    module: str
-    start: int = 0
-    stop: int | None = None
+#: Conv `conv` is ranked on channels ``[start:stop]`` of the forward output of module `module`.
+Tap = FeatureTap
 
 
 @dataclass(frozen=True)
@@ -79,129 +73,59 @@ class ArchLayout:
 # ---------------------------------------------------------------- per-architecture layouts
 
 
-def _cifar_resnet(model: CifarResNet, arch: str) -> ArchLayout:
-    entries: list[tuple[str, ...]] = [("conv1",)]
-    taps = [Tap("conv1", "relu")]
-    for stage in ("layer1", "layer2", "layer3"):
-        for b in range(len(getattr(model, stage))):
-            block = f"{stage}.{b}"
-            # relu2 follows the residual add: conv2 is ranked on the block's output channels.
-            entries += [(f"{block}.conv1",), (f"{block}.conv2",)]
-            taps += [Tap(f"{block}.conv1", f"{block}.relu1"), Tap(f"{block}.conv2", f"{block}.relu2")]
-    return ArchLayout(arch, tuple(entries), tuple(taps))
+def _one_entry_per_conv(taps: Sequence[Tap]) -> tuple[tuple[str, ...], ...]:
+    # HRank's rule wherever its code has nothing special: entry k prunes the k-th ranked conv.
+    return tuple((conv,) for conv in dict.fromkeys(tap.conv for tap in taps))
 
 
-def _vgg16(model: VGG16BN, arch: str) -> ArchLayout:
-    features = list(model.features)
-    convs = [i for i, m in enumerate(features) if isinstance(m, nn.Conv2d)]
-    entries: list[tuple[str, ...]] = []
-    taps: list[Tap] = []
-    for i in convs[:-1]:
-        relu = i + 2  # conv, BN, ReLU
-        # A conv followed by a max-pool is ranked on the pooled map (HRank's relucfg 6, 13, 23, 33).
-        pooled = relu + 1 < len(features) and isinstance(features[relu + 1], nn.MaxPool2d)
-        entries.append((f"features.{i}",))
-        taps.append(Tap(f"features.{i}", f"features.{relu + 1 if pooled else relu}"))
+def _vgg16(model: VGG16BN, arch: str, taps: tuple[Tap, ...]) -> ArchLayout:
     # The 13th entry is read but never used: HRank has no rank file for conv13 and never prunes it.
-    entries.append(())
-    return ArchLayout(arch, tuple(entries), tuple(taps))
+    return ArchLayout(arch, (*_one_entry_per_conv(taps), ()), taps)
 
 
-def _densenet(model: DenseNet, arch: str) -> ArchLayout:
-    blocks = [("dense1", "trans1"), ("dense2", "trans2"), ("dense3", None)]
-    entries: list[tuple[str, ...]] = [("conv1",)]
-    taps: list[Tap] = []
+def _densenet(model: DenseNet, arch: str, taps: tuple[Tap, ...]) -> ArchLayout:
     legacy_inputs: dict[str, tuple[str, ...]] = {}
-    producer, whole = "conv1", True  # the stem's (or a transition's) output is the consumer's whole input
-    for dense, trans in blocks:
-        block_convs = [producer]
-        for i in range(len(getattr(model, dense))):
-            # A conv is ranked after its consumer's BN-ReLU: all channels for a stem/transition output,
-            # the last `growth` channels (its own, appended by the concat) for a dense layer's output.
-            consumer = f"{dense}.{i}.relu"
-            taps.append(Tap(producer, consumer, 0 if whole else -model.dense1[0].conv1.out_channels))
-            producer, whole = f"{dense}.{i}.conv1", False
-            entries.append((producer,))
-            block_convs.append(producer)
-        consumer = f"{trans}.relu" if trans else "relu"
-        taps.append(Tap(producer, consumer, -model.dense1[0].conv1.out_channels))
-        if trans:
-            producer, whole = f"{trans}.conv1", True
-            entries.append((producer,))
-            legacy_inputs[producer] = tuple(block_convs)
-    return ArchLayout(arch, tuple(entries), tuple(taps), legacy_inputs=legacy_inputs)
+    block_convs = ["conv1"]  # the convs whose outputs make up a transition's input
+    for dense, trans in (("dense1", "trans1"), ("dense2", "trans2")):
+        block_convs += [f"{dense}.{i}.conv1" for i in range(len(getattr(model, dense)))]
+        legacy_inputs[f"{trans}.conv1"] = tuple(block_convs)
+        block_convs = [f"{trans}.conv1"]
+    return ArchLayout(arch, _one_entry_per_conv(taps), taps, legacy_inputs=legacy_inputs)
 
 
-_GOOGLENET_MODULES = ("a3", "b3", "a4", "b4", "c4", "d4", "e4", "a5", "b5")
-# b3 and e4 are ranked on the max-pooled module output.
-_GOOGLENET_POOLED = {"b3": "maxpool1", "e4": "maxpool2"}
-
-
-def _googlenet(model: GoogLeNet, arch: str) -> ArchLayout:
-    entries: list[tuple[str, ...]] = [("pre_layers.0",)]
-    taps = [Tap("pre_layers.0", "pre_layers.2")]
-    for name in _GOOGLENET_MODULES:
-        module = getattr(model, name)
-        widths = [
-            module.branch1x1[0].out_channels,
-            module.branch3x3[3].out_channels,
-            module.branch5x5[6].out_channels,
-            module.branch_pool[1].out_channels,
-        ]
-        bounds = [sum(widths[:i]) for i in range(5)]
-        tapped = _GOOGLENET_POOLED.get(name, name)
-        # The two 1x1 reductions are never pruned. Both 3x3 convs of the "5x5" branch use the rank of
-        # the branch output: HRank masks the middle conv with the last conv's rank vector.
-        convs = [
-            (f"{name}.branch1x1.0", 0),
-            (f"{name}.branch3x3.3", 1),
-            (f"{name}.branch5x5.3", 2),
-            (f"{name}.branch5x5.6", 2),
-            (f"{name}.branch_pool.1", 3),
-        ]
-        entries.append(tuple(conv for conv, _ in convs))
-        taps += [Tap(conv, tapped, bounds[b], bounds[b + 1]) for conv, b in convs]
+def _googlenet(model: GoogLeNet, arch: str, taps: tuple[Tap, ...]) -> ArchLayout:
+    # One entry per rank file, i.e. per tapped tensor: the stem, then all ranked convs of one inception
+    # module (the two 1x1 reductions are never pruned).
+    entries = tuple(tuple(t.conv for t in group) for _, group in groupby(taps, key=lambda t: t.module))
     flops = list(entries)
     # HRank's GoogLeNet FLOPs model reads rate[6] for c4 (and d4); rate[5] is never read.
     flops[5], flops[6] = (), entries[5] + entries[6]
-    return ArchLayout(arch, tuple(entries), tuple(taps), flops_entries=tuple(flops))
+    return ArchLayout(arch, entries, taps, flops_entries=tuple(flops))
 
 
-def _imagenet_resnet(model: ImageNetResNet, arch: str) -> ArchLayout:
+def _imagenet_resnet(model: ImageNetResNet, arch: str, taps: tuple[Tap, ...]) -> ArchLayout:
     entries: list[tuple[str, ...]] = [("conv1",)]
     flops: list[tuple[str, ...]] = [("conv1",)]
-    taps = [Tap("conv1", "maxpool")]  # the stem is ranked after BN-ReLU-maxpool (56x56)
     for stage in ("layer1", "layer2", "layer3", "layer4"):
         for b, block in enumerate(getattr(model, stage)):
             name = f"{stage}.{b}"
-            convs = [f"{name}.conv{i}" for i in (1, 2, 3) if hasattr(block, f"conv{i}")]
-            last_relu = f"{name}.relu{len(convs)}"  # after the residual add
-            taps += [Tap(conv, f"{name}.relu{i + 1}") for i, conv in enumerate(convs)]
-            block_entries = [(conv,) for conv in convs]
+            block_entries = [(f"{name}.conv{i}",) for i in (1, 2, 3) if hasattr(block, f"conv{i}")]
             if block.downsample is not None:
-                # The downsample conv shares the block output's rank vector with the last conv.
-                taps.append(Tap(f"{name}.downsample.0", last_relu))
                 entries += [*block_entries, (f"{name}.downsample.0",)]
                 # HRank's FLOPs model slices a stage's rates as [downsample, conv1, conv2, conv3, ...].
                 flops += [(f"{name}.downsample.0",), *block_entries]
             else:
                 entries += block_entries
                 flops += block_entries
-    return ArchLayout(arch, tuple(entries), tuple(taps), flops_entries=tuple(flops))
+    return ArchLayout(arch, tuple(entries), taps, flops_entries=tuple(flops))
 
 
-def _lenet5(model: LeNet5, arch: str) -> ArchLayout:
-    # Not one of HRank's models; its two convs are ranked after their ReLUs, HRank's rule everywhere (§1.2).
-    return ArchLayout(arch, (("conv1",), ("conv2",)), (Tap("conv1", "relu1"), Tap("conv2", "relu2")))
-
-
+# Families whose compress_rate differs from one entry per tapped conv, in tap order.
 _FAMILIES = (
-    (CifarResNet, _cifar_resnet),
     (VGG16BN, _vgg16),
     (DenseNet, _densenet),
     (GoogLeNet, _googlenet),
     (ImageNetResNet, _imagenet_resnet),
-    (LeNet5, _lenet5),
 )
 
 
@@ -239,12 +163,17 @@ def _fallback(model: nn.Module, arch: str) -> ArchLayout:
 
 
 def layout_for(model: nn.Module) -> ArchLayout:
-    """HRank's layout for `model` (found by its class, so any depth of a family works)."""
+    """HRank's layout for `model`: the activation taps the model declares (`models.feature_taps`), with
+    the compress_rate entries of its family (found by class, so any depth of a family works); a model
+    that declares no taps gets the fallback."""
     arch = getattr(model, "prunekit_arch", {}).get("name", type(model).__name__)
+    taps = feature_taps(model, "activation")
+    if taps is None:
+        return _fallback(model, arch)
     for cls, build in _FAMILIES:
         if isinstance(model, cls):
-            return build(model, arch)
-    return _fallback(model, arch)
+            return build(model, arch, taps)
+    return ArchLayout(arch, _one_entry_per_conv(taps), taps)
 
 
 # ---------------------------------------------------------------- compress rates

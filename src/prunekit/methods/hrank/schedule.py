@@ -6,8 +6,8 @@ compress_rate entry (`layerwise_prune`), or, as the one-shot ``mode="mask"``, al
 (`mask_prune`). Its FLOPs counter credits those zeros as removed. `remove_dead_channels` then removes
 the channels that are truly dead (`zero_channel_plan` → `surgery.apply`), checks that the smaller model
 computes the same outputs, and keeps the rest as recorded masks — e.g. a residual block's conv2 filters,
-whose output channel stays alive through the identity shortcut. `hrank_run` is the pipeline's entry:
-it reports both counts, the paper's (`hrank_legacy_count`) and the true MACs of the smaller model.
+whose output channel stays alive through the identity shortcut. `hrank_prune` is HRank's `prune`: it
+reports both counts, the paper's (`hrank_legacy_count`) and the true MACs of the smaller model.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -27,11 +27,15 @@ from torch import Tensor, nn
 from prunekit.errors import ConfigError, SurgeryError
 from prunekit.measure import CONVENTION, cost
 from prunekit.measure.hrank_counter import LegacyCost, hrank_legacy_count
+from prunekit.methods.base import Pruned
 from prunekit.methods.hrank.criterion import HRank, hrank_scores, hrank_select
-from prunekit.methods.hrank.layouts import ArchLayout, compress_rates, layout_for
+from prunekit.methods.hrank.layouts import ArchLayout, conv_rates, layout_for
 from prunekit.surgery import MaskHandle, MaskSet, apply, attach, fold, record_masks
 from prunekit.surgery.dead_channels import zero_channel_plan
 from prunekit.train import TrainConfig, fit
+
+if TYPE_CHECKING:
+    from prunekit.methods.stage import Stage as RunStage
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 STAGES_LOG = "stages.jsonl"
@@ -68,35 +72,6 @@ class LayerwiseResult:
     model: nn.Module
     masks: MaskSet
     stages: list[Stage] = field(default_factory=list)
-
-
-@dataclass
-class HRankOutcome:
-    """What `hrank_run` hands the pipeline: the model to evaluate and save (physically smaller; remaining
-    masks recorded), whether it still needs the fine-tune stage, and both counts of the pruning."""
-
-    model: nn.Module
-    masks: MaskSet | None
-    needs_finetune: bool
-    legacy_flops: int
-    legacy_params: int
-    true_macs: int
-    true_params: int
-    removed_channels: dict[str, int]
-    stages: list[Stage]
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "legacy_flops": self.legacy_flops,
-            "legacy_params": self.legacy_params,
-            "legacy_counter": LegacyCost(0, 0).counter,
-            "true_macs": self.true_macs,
-            "true_params": self.true_params,
-            "true_convention": CONVENTION,
-            "removed_channels": self.removed_channels,
-            "masked_params": sorted(self.masks) if self.masks else [],
-            "stages": [stage.to_json() for stage in self.stages],
-        }
 
 
 # ---------------------------------------------------------------- HRank's filter masks
@@ -230,12 +205,9 @@ def filter_masks(
 # ---------------------------------------------------------------- schedules
 
 
-def _entries(layout: ArchLayout, rates_spec: str) -> list[tuple[int, tuple[str, ...], float]]:
+def _entries(layout: ArchLayout, rates: Mapping[str, float]) -> list[tuple[int, tuple[str, ...], float]]:
     # Entries that name no conv (VGG's 13th) are read but never pruned: no stage, as in HRank.
-    rates = compress_rates(rates_spec, layout)
-    return [
-        (k, convs, rate) for k, (convs, rate) in enumerate(zip(layout.entries, rates, strict=True)) if convs
-    ]
+    return [(k, convs, rates.get(convs[0], 0.0)) for k, convs in enumerate(layout.entries) if convs]
 
 
 def _ensure_scores(
@@ -264,7 +236,7 @@ def _kept(method: HRank, convs: Sequence[str], rate: float) -> dict[str, list[in
 def mask_prune(model: nn.Module, method: HRank, calib: Tensor) -> LayerwiseResult:
     """One-shot masked HRank: every entry's filters zeroed at once on a copy of `model`."""
     layout = layout_for(model)
-    entries = _entries(layout, method.options.rates)
+    entries = _entries(layout, method.conv_rates(model))
     _ensure_scores(model, method, layout, calib)
     masked = copy.deepcopy(model)
     kept: dict[str, list[int]] = {}
@@ -296,7 +268,7 @@ def layerwise_prune(
     training log goes to ``stage{k:03d}/`` and its record to ``stages.jsonl``."""
     skip = method.options.skip_zero_rate_stages if skip_zero_rate_stages is None else skip_zero_rate_stages
     layout = layout_for(model)
-    entries = _entries(layout, method.options.rates)  # a wrong compress_rate fails before any ranking
+    entries = _entries(layout, method.conv_rates(model))  # a wrong compress_rate fails before any ranking
     train_stages = method.options.train_stages
     if train_stages is not None and max(train_stages) > len(layout.entries):
         raise ConfigError(
@@ -399,62 +371,69 @@ def remove_dead_channels(
     return smaller, remaining, removed
 
 
-def paper_cost(model: nn.Module, compress_rate: str, input_shape: Sequence[int]) -> LegacyCost:
+def paper_cost(
+    model: nn.Module, compress_rate: str | Mapping[str, float], input_shape: Sequence[int]
+) -> LegacyCost:
     """`hrank_legacy_cost` for `model` itself (its class count and input channels, any architecture):
-    HRank's counter, crediting only the removed output filters."""
+    HRank's counter, crediting only the removed output filters. `compress_rate` is a list expression (or
+    preset) in HRank's entry order, or a rate per conv."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the fallback-taps notice was given when ranking
         layout = layout_for(model)
+    if isinstance(compress_rate, str):
+        compress_rate = conv_rates(layout, compress_rate)
     rates = {conv: rate for _, convs, rate in _entries(layout, compress_rate) for conv in convs}
     return hrank_legacy_count(model, input_shape, rates, layout.legacy_inputs)
 
 
-def hrank_run(
-    model: nn.Module,
-    method: HRank,
-    train: Iterable[Any],
-    val: Iterable[Any],
-    finetune: TrainConfig | None,
-    *,
-    calib: Tensor,
-    run_dir: str | Path | None = None,
-    progress: bool | None = False,
-    device: str | torch.device | None = None,
-) -> HRankOutcome:
-    """HRank as the pipeline runs it: the one-shot removal (HRankPlus), the one-shot mask, or the
-    layerwise schedule with `finetune` as each stage's config; masked results lose their dead channels
-    (`remove_dead_channels`). Reports HRank's counter and the true cost of the returned model."""
+def hrank_prune(method: HRank, model: nn.Module, calib: Tensor | None, stage: RunStage | None) -> Pruned:
+    """HRank's `prune`: the one-shot removal (HRankPlus), the one-shot mask, or the layer-wise schedule
+    fine-tuned through `stage`; masked results lose their dead channels (`remove_dead_channels`). The
+    details report HRank's counter beside the true cost of the returned model."""
+    if calib is None:
+        raise ConfigError("HRank needs calibration images (calib) to rank feature maps and trace the model")
     options = method.options
     layerwise = options.schedule == "layerwise"
     shape = tuple(calib.shape[1:])
     stages: list[Stage] = []
     removed: dict[str, int] = {}
-    if layerwise or options.mode == "mask":
-        if layerwise:
-            if finetune is None:
-                raise ConfigError(
-                    "layerwise HRank fine-tunes after every entry: give the epochs per stage "
-                    "(--finetune-epochs N)"
-                )
-            result = layerwise_prune(
-                model,
-                method,
-                train,
-                val,
-                finetune,
-                calib=calib,
-                run_dir=run_dir,
-                progress=progress,
-                device=device,
+    masks: MaskSet | None = None
+    if layerwise:
+        if stage is None or stage.finetune is None:
+            raise ConfigError(
+                "layerwise HRank fine-tunes after every entry: give the epochs per stage "
+                "(--finetune-epochs N, or a fine-tune config to `pipeline.prune_run`); `prunekit.prune` has "
+                "no data to train on, use schedule=oneshot there"
             )
-            stages = result.stages
-        else:
-            result = mask_prune(model, method, calib)
+        result = layerwise_prune(
+            model,
+            method,
+            stage.train,
+            stage.val,
+            stage.finetune,
+            calib=calib,
+            run_dir=stage.run_dir,
+            progress=stage.progress,
+            device=stage.device,
+        )
+        stages = result.stages
+        smaller, masks, removed = remove_dead_channels(result.model, result.masks, calib[:16])
+    elif options.mode == "mask":
+        result = mask_prune(model, method, calib)
         smaller, masks, removed = remove_dead_channels(result.model, result.masks, calib[:16])
     else:
-        smaller, masks = apply(model, method.plan(model, calib), calib[:1]), None
-    legacy = paper_cost(model, options.rates, shape)
+        smaller = apply(model, method.plan(model, calib), calib[:1])
+    legacy = paper_cost(model, method.conv_rates(model), shape)
     true = cost(smaller, shape)
-    return HRankOutcome(
-        smaller, masks, not layerwise, legacy.flops, legacy.params, true.macs, true.params, removed, stages
-    )
+    details = {
+        "legacy_flops": legacy.flops,
+        "legacy_params": legacy.params,
+        "legacy_counter": LegacyCost(0, 0).counter,
+        "true_macs": true.macs,
+        "true_params": true.params,
+        "true_convention": CONVENTION,
+        "removed_channels": removed,
+        "masked_params": sorted(masks) if masks else [],
+        "stages": [s.to_json() for s in stages],
+    }
+    return Pruned(smaller, masks, details, needs_finetune=not layerwise, budget=method.budget)

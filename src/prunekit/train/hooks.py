@@ -1,0 +1,65 @@
+"""Training hooks: what a method (or a mask handle, or anything else) does at each step of `fit`.
+
+A hook is any object with some of
+
+    penalty(model, step) -> Tensor | None     added to the loss (the sparsify stage's regulariser)
+    after_backward(model, step) -> None       gradient edits between backward() and the optimiser step
+    after_step(model, step) -> None           projections, growing coefficients, re-applied masks
+
+`step` counts optimiser steps from 1 over the whole run (the step being taken, for the first two). Under
+DistributedDataParallel every rank calls every hook with the same step on identical weights: a penalty
+enters each rank's loss once and DDP averages the (identical) penalty gradients, so nothing is counted
+twice; gradient edits see the already averaged gradients and edit them alike on every rank.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import Tensor, nn
+
+
+def _takes_step(fn: Callable[..., Any]) -> bool:
+    """Older hooks define ``penalty(model)`` without the step; they keep working."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    return len(positional) >= 2 or any(p.kind is p.VAR_POSITIONAL for p in params)
+
+
+class Hooks:
+    """The hooks of one `fit` call, called in the order given."""
+
+    def __init__(self, hooks: Sequence[Any]) -> None:
+        hooks = [h for h in hooks if h is not None]
+        self._penalties = [
+            (fn, _takes_step(fn)) for fn in (getattr(h, "penalty", None) for h in hooks) if callable(fn)
+        ]
+        self._after_backward = [
+            fn for fn in (getattr(h, "after_backward", None) for h in hooks) if callable(fn)
+        ]
+        self._after_step = [fn for fn in (getattr(h, "after_step", None) for h in hooks) if callable(fn)]
+
+    @property
+    def has_penalty(self) -> bool:
+        return bool(self._penalties)
+
+    def penalty(self, model: nn.Module, step: int) -> Tensor | None:
+        total: Tensor | None = None
+        for fn, takes_step in self._penalties:
+            term = fn(model, step) if takes_step else fn(model)
+            if term is not None:
+                total = term if total is None else total + term
+        return total
+
+    def after_backward(self, model: nn.Module, step: int) -> None:
+        for fn in self._after_backward:
+            fn(model, step)
+
+    def after_step(self, model: nn.Module, step: int) -> None:
+        for fn in self._after_step:
+            fn(model, step)
