@@ -2,12 +2,12 @@
 
 import json
 
-from prunekit.demo import DEMO_METHODS, run_demo
+from prunekit.demo import demo_methods, run_demo
 
 
 def test_demo_compares_every_method_against_the_dense_model(tmp_path) -> None:
     rows = run_demo(tmp_path, epochs=1, finetune_epochs=1)
-    assert [r.name for r in rows] == ["LeNet-5 dense"] + [label for label, *_ in DEMO_METHODS]
+    assert [r.name for r in rows] == ["LeNet-5 dense"] + [label for label, *_ in demo_methods()]
     dense, pruned = rows[0], rows[1:]
     assert dense.macs == 2_293_000 and dense.params == 431_080  # LeNet-5 (conv1 288k + conv2 1.6M + fc 405k)
     for row in pruned:

@@ -543,11 +543,10 @@ def _method_help(name: str) -> str:
 
 
 def _help_request(argv: Sequence[str]) -> dict[str, Any]:
-    """`build_parser` arguments for this command line: the method registry is imported only for help."""
-    if not {"-h", "--help"} & set(argv):
+    """`build_parser` arguments for this command line: the method registry is imported only for
+    `prune --help`, whose `--method` help names every method (and, given `--method M`, lists M's options)."""
+    if argv[:1] != ["prune"] or not {"-h", "--help"} & set(argv):
         return {}
-    if argv[:1] != ["prune"]:
-        return {"explain": True}
     early = _Parser(prog="prunekit prune", add_help=False)
     early.add_argument("--method")
     return {"explain": True, "method": early.parse_known_args(argv[1:])[0].method}

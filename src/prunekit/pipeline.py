@@ -22,6 +22,7 @@ from prunekit.errors import ConfigError
 from prunekit.measure import CONVENTION, compare_latency, cost, sparsity_report
 from prunekit.methods import Method, Pruned, Selection, Stage, create_method, meet
 from prunekit.models import create, default_input_shape
+from prunekit.models.probe import evaluating
 from prunekit.report import RunFolder, comparison_markdown, plot_curves, plot_widths
 from prunekit.report.tables import ComparisonRow
 from prunekit.surgery import attach, record_masks
@@ -84,16 +85,13 @@ def input_shape_of(dataset: Any) -> tuple[int, int, int]:
 
 def check_runs_on(model: nn.Module, shape: tuple[int, int, int], what: str) -> None:
     """Fail before training, with the shapes named, when the architecture cannot take the data's images."""
-    was_training = model.training
     try:
-        with torch.no_grad():
-            model.eval()(torch.zeros(1, *shape))
+        with evaluating(model), torch.no_grad():
+            model(torch.zeros(1, *shape))
     except RuntimeError as exc:
         raise ConfigError(
             f"{what}: the model cannot run on {'x'.join(map(str, shape))} images ({str(exc).splitlines()[0]})"
         ) from None
-    finally:
-        model.train(was_training)
 
 
 def measure_model(

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -30,7 +29,7 @@ from prunekit.methods.base import (
     register_method,
 )
 from prunekit.methods.selection import Selection
-from prunekit.models.probe import probe
+from prunekit.models.probe import batchnorm_after
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -157,27 +156,3 @@ class NetworkSlimming(Method):
                 )
             total += model.get_submodule(bn_of[name]).weight.detach().double().abs()
         return total
-
-
-def batchnorm_after(model: nn.Module, example: Tensor) -> dict[str, str]:
-    """{conv/linear name: name of the BatchNorm whose input is exactly that layer's output}, found by
-    running `example`, so it holds for any forward code (not only module registration order)."""
-    names = {module: name for name, module in model.named_modules()}
-    produced: dict[int, tuple[str, Tensor]] = {}  # the tensor is held so its id cannot be reused
-    found: dict[str, str] = {}
-
-    def on_layer(module: nn.Module, _inputs: Any, output: Tensor) -> None:
-        produced[id(output)] = (names[module], output)
-
-    def on_batchnorm(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-        entry = produced.get(id(inputs[0]))
-        if entry is not None and entry[1] is inputs[0]:
-            found.setdefault(entry[0], names[module])
-
-    probe(
-        model,
-        example,
-        [m.register_forward_hook(on_layer) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-        + [m.register_forward_pre_hook(on_batchnorm) for m in model.modules() if isinstance(m, _BATCHNORMS)],
-    )
-    return found

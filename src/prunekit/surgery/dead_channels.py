@@ -23,9 +23,9 @@ def zero_channel_plan(model: nn.Module, example: Tensor) -> Plan:
     any are left out.
 
     A channel is dead when its output is exactly zero — its filter weights and bias are zero in every
-    coupled layer (a following BatchNorm must also have γ = β = 0), so activations that map 0 to 0 (ReLU,
-    pooling) pass zero on — or when its output is never used: every input channel (column) it feeds in
-    the consumers is zero.
+    coupled layer (every BatchNorm it reaches, also after an add or a concatenation, must have γ = β = 0
+    there), so activations that map 0 to 0 (ReLU, pooling) pass zero on — or when its output is never
+    used: every input channel (column) it feeds in the consumers is zero.
     """
     graph = ChannelGraph(model, example)
     groups: dict[tuple[str, ...], int] = {}

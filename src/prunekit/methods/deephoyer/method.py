@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, ClassVar
 import torch
 from torch import Tensor, nn
 
-from prunekit.errors import ConfigError, SurgeryError, unknown_name
+import prunekit.methods.deephoyer.regularizers as regularizers
+from prunekit.errors import ConfigError, unknown_name
 from prunekit.methods.base import (
     BudgetKind,
     Calib,
@@ -37,10 +38,10 @@ from prunekit.methods.base import (
     example_input,
     register_method,
 )
-from prunekit.methods.deephoyer import regularizers
 from prunekit.surgery.channels import apply
 from prunekit.surgery.constants import fold_constant_channels
 from prunekit.surgery.dead_channels import zero_channel_plan
+from prunekit.surgery.equivalence import check_same_outputs
 from prunekit.surgery.masks import MaskSet, fold
 
 if TYPE_CHECKING:
@@ -91,7 +92,7 @@ class DeepHoyerOptions:
     # Folding is exact only where the constant reaches the consumer unchanged (`surgery.constants`).
     fold_constants: bool = field(
         default=True,
-        metadata={"help": "structural: also remove constant-output filters, folding the constant"},
+        metadata={"help": "structural: also remove constant-output filters (folded)", "effect": "data"},
     )
 
     def __post_init__(self) -> None:
@@ -111,7 +112,8 @@ class DeepHoyerOptions:
             )
         if self.reproduce_grouping_bug and not self.grouped:
             raise ConfigError(
-                f"reproduce_grouping_bug changes the groups of group regularisers; {self.regularizer!r} has none"
+                "reproduce_grouping_bug changes the groups of group regularisers; "
+                f"{self.regularizer!r} has none"
             )
         if not self.structural and not self.fold_constants:
             raise ConfigError("fold_constants acts on the structural mode only; set structural=true")
@@ -241,7 +243,14 @@ class DeepHoyer(Method):
         smaller = masked
         if plan:
             smaller = apply(masked, plan, example)
-            _check_same_outputs(masked, smaller, checks, plan)
+            check_same_outputs(
+                masked,
+                smaller,
+                checks,
+                what=f"removing the dead channels of {', '.join(sorted(plan))}",
+                hint="an activation that does not map 0 to 0 probably follows one of them, so prune "
+                "element-wise (structural=false) instead",
+            )
         if self.options.fold_constants and len(checks) > 1:
             smaller, folded = fold_constant_channels(smaller, checks)
             plan = _compose(plan, folded)
@@ -259,23 +268,3 @@ def _compose(first: Plan, then: Mapping[str, Sequence[int]]) -> Plan:
         before = list(first[name]) if name in first else None
         plan[name] = [before[k] for k in kept] if before is not None else list(kept)
     return plan
-
-
-def _check_same_outputs(masked: nn.Module, smaller: nn.Module, inputs: Tensor, plan: Plan) -> None:
-    modes = {m: m.training for m in (*masked.modules(), *smaller.modules())}
-    masked.eval()
-    smaller.eval()
-    try:
-        with torch.no_grad():
-            expected, got = masked(inputs), smaller(inputs)
-    finally:
-        for m, training in modes.items():
-            m.training = training
-    scale = float(expected.abs().max()) or 1.0
-    if not torch.allclose(got, expected, rtol=1e-4, atol=1e-5 * scale):
-        gap = float((got - expected).abs().max())
-        raise SurgeryError(
-            f"removing the dead channels of {', '.join(sorted(plan))} changed the model's outputs (max "
-            f"difference {gap:.3g}); an activation that does not map 0 to 0 probably follows one of them, "
-            "so prune element-wise (structural=false) instead"
-        )

@@ -295,10 +295,6 @@ class HRankOptions:
     )
 
     def __post_init__(self) -> None:
-        if self.skip_zero_rate_stages and self.schedule != "layerwise":
-            raise ConfigError(
-                "skip_zero_rate_stages skips stages of schedule=layerwise; the one-shot has none"
-            )
         if self.mode == "mask" and self.schedule == "layerwise":
             raise ConfigError("mode chooses the one-shot's form; schedule=layerwise always masks: drop mode")
         if self.train_stages is not None:

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from prunekit.errors import ConfigError, SurgeryError
+from prunekit.errors import ConfigError
 from prunekit.measure import CONVENTION, cost
 from prunekit.measure.hrank_counter import LegacyCost, hrank_legacy_count
 from prunekit.methods.base import Pruned
@@ -32,6 +32,7 @@ from prunekit.methods.hrank.criterion import HRank, hrank_scores, hrank_select
 from prunekit.methods.hrank.layouts import ArchLayout, conv_rates, layout_for
 from prunekit.surgery import MaskHandle, MaskSet, apply, attach, fold, record_masks
 from prunekit.surgery.dead_channels import zero_channel_plan
+from prunekit.surgery.equivalence import check_same_outputs
 from prunekit.train import TrainConfig, fit
 
 if TYPE_CHECKING:
@@ -355,14 +356,13 @@ def remove_dead_channels(
     plan = zero_channel_plan(masked, example[:1])
     # `apply` narrows the recorded masks with the weights (the masked elements are zero).
     smaller = apply(masked, plan, example[:1]).eval() if plan else masked
-    with torch.no_grad():
-        expected, got = masked(example), smaller(example)
-    tolerance = 1e-5 * max(1.0, float(expected.abs().max()))
-    if not torch.allclose(expected, got, rtol=1e-4, atol=tolerance):
-        raise SurgeryError(
-            "removing the zeroed channels changed the outputs (max difference "
-            f"{float((expected - got).abs().max()):.3g}); layers: {', '.join(sorted(plan))}"
-        )
+    check_same_outputs(
+        masked,
+        smaller,
+        example,
+        what="removing the zeroed channels",
+        hint=f"layers: {', '.join(sorted(plan))}",
+    )
     widths = {name: m.out_channels for name, m in masked.named_modules() if isinstance(m, nn.Conv2d)}
     removed = {name: widths[name] - len(kept) for name, kept in plan.items() if name in widths}
     remaining = getattr(smaller, "prunekit_masks", None)
