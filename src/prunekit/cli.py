@@ -636,8 +636,8 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
         "--calib-images",
         type=int,
         metavar="N",
-        default=128,
-        help="training images given to data-driven criteria",
+        help="training images drawn for tracing and data-driven criteria (default: what the method "
+        "asks for, e.g. 128, or a ranking method's n_images)",
     )
     p.add_argument(
         "--sparsify-epochs", type=int, metavar="N", default=0, help="regularised training before pruning"

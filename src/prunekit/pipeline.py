@@ -6,6 +6,7 @@ evaluate → run folder. Every stage writes the same run-folder layout so runs c
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import time
@@ -498,7 +499,7 @@ def prune_run(
     )
     stage = Stage(train_loader, val_loader, finetune, run.path, dev, progress)
     dense_eval = evaluate(dense, val_loader, device=dev)
-    model = model_file.load(checkpoint_path, device="cpu")  # `dense` stays the reference
+    model = copy.deepcopy(dense).to("cpu")  # `dense` stays the reference
     calib = calibration_batch(train_loader, spec.calib_images or method.calib_images()).to("cpu")
     method.prepare(model.eval(), calib)
     model = sparsify_stage(method, model, stage, sparsify).to("cpu").eval()

@@ -303,8 +303,9 @@ def meet(method: Method, model: nn.Module, calib: Calib | None, stage: Stage | N
         pruned = method.prune(model, calib, stage)
     else:
         pruned = search_knob(method, model, calib, budget, stage)
-    dense, reached = cost_of(model, example, kind), cost_of(pruned.model, example, kind)
     found = pruned.budget
+    dense = found.dense_macs if found is not None else cost_of(model, example, kind)
+    reached = cost_of(pruned.model, example, kind)
     pruned.budget = BudgetResult(
         found.ratio if found else math.nan,
         budget.fraction,
