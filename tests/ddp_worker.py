@@ -18,6 +18,28 @@ class Interrupt(Exception):
     pass
 
 
+class GradientEdits:
+    """The three training hooks as TPP and TRP use them: a penalty, a gradient edit between backward()
+    and the optimiser step (every second step, as TRP's every-m-th-step sub-gradient) and a projection
+    after the step."""
+
+    def penalty(self, model: torch.nn.Module, step: int) -> torch.Tensor:
+        return 1e-3 * sum(p.abs().sum() for p in model.parameters() if p.dim() > 1)
+
+    def after_backward(self, model: torch.nn.Module, step: int) -> None:
+        if step % 2 == 0:
+            for p in model.parameters():
+                if p.dim() > 1:
+                    p.grad.add_(p.detach().sign(), alpha=1e-2)
+
+    def after_step(self, model: torch.nn.Module, step: int) -> None:
+        with torch.no_grad():
+            next(model.parameters()).clamp_(-0.2, 0.2)
+
+
+HOOKED_CFG = TrainConfig(epochs=1, lr=0.1, momentum=0.9, schedule="constant")
+
+
 def interrupt_after_epoch_1(record: dict) -> None:
     if record["epoch"] == 1:
         raise Interrupt
@@ -43,7 +65,11 @@ def main(out: Path) -> None:
     resumed = tiny_net()
     fit(resumed, train, val, CFG, run_dir=resume_dir, resume=True, progress=False, dist=info)
 
-    for name, net in (("weights", model), ("resumed", resumed)):
+    torch.manual_seed(0)
+    hooked = tiny_net()
+    fit(hooked, train, val, HOOKED_CFG, hooks=[GradientEdits()], progress=False, dist=info)
+
+    for name, net in (("weights", model), ("resumed", resumed), ("hooked", hooked)):
         save_file(
             {k: v.contiguous() for k, v in net.state_dict().items()}, out / f"{name}{info.rank}.safetensors"
         )

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from ddp_worker import CFG, PER_RANK_BATCH
+from ddp_worker import CFG, HOOKED_CFG, PER_RANK_BATCH, GradientEdits
 from prunekit.errors import ConfigError
 from prunekit.train import cleanup, fit, init_distributed
 from train_helpers import loaders, tiny_net
@@ -102,3 +102,15 @@ def test_two_cpu_processes_match_one_process_with_the_global_batch(tmp_path) -> 
     for ddp_epoch, ref_epoch in zip(per_rank[0], reference.history, strict=True):
         for k in metrics:
             assert ddp_epoch[k] == pytest.approx(ref_epoch[k], abs=1e-4), k
+
+    # Training hooks under DDP: every rank applies the same penalty, gradient edit and projection to the
+    # already averaged gradients, so two ranks land where one process with the global batch lands.
+    h0, h1 = (load_file(tmp_path / f"hooked{r}.safetensors") for r in (0, 1))
+    torch.manual_seed(0)
+    single = tiny_net()
+    fit(single, train, val, HOOKED_CFG, hooks=[GradientEdits()], progress=False)
+    for k, v in single.state_dict().items():
+        assert torch.equal(h0[k], h1[k]) and torch.allclose(h0[k], v, atol=1e-5), k
+    first = next(single.parameters()).detach()
+    assert torch.equal(first.clamp(-0.2, 0.2), first)
+    assert bool((first.abs() == torch.tensor(0.2)).any())  # the projection acted

@@ -154,3 +154,41 @@ def test_save_load_round_trip_and_determinism(name: str, tmp_path) -> None:
     again = model_file.load(tmp_path / "m.safetensors").eval()
     with torch.no_grad():
         assert torch.equal(pruned(x), again(x))
+
+
+def _cli_budget(name: str) -> list[str]:
+    if create_method(name, **_budget_options(name)).budget_kind() == "density":
+        return ["--target-density", "0.5"]
+    return ["--target-macs", "0.6"]
+
+
+@pytest.mark.parametrize("name", METHODS)
+def test_the_cli_and_the_python_api_prune_alike(name: str, tmp_path) -> None:
+    """`prunekit prune` (no fine-tuning) and `prunekit.prune` on the same dense model, options, budget and
+    calibration images give the same model: the CLI adds a run folder, never another result."""
+    from conftest import SYNTHETIC_28
+    from prunekit.cli import main
+    from prunekit.pipeline import DataSpec, calibration_batch
+
+    torch.manual_seed(0)
+    dense = _trained_like(create("resnet20", in_channels=1)).eval()
+    model_file.save(dense, tmp_path / "dense.safetensors", info={"dataset": "synthetic"})
+    options = _budget_options(name)
+    argv = ["prune", str(tmp_path / "dense.safetensors"), "--method", name, *_cli_budget(name)]
+    argv += [f"--option={k}={str(v).lower()}" for k, v in options.items()]
+    argv += [*SYNTHETIC_28, "--finetune-epochs", "0", "--calib-images", "64", "--out", str(tmp_path / "p")]
+    assert main(argv) == 0
+    from_cli = model_file.load(tmp_path / "p" / "model.safetensors").eval()
+
+    data = DataSpec(
+        "synthetic", limit_train=256, limit_test=128, batch_size=64, options={"shape": (1, 28, 28)}
+    )
+    # The same images the run drew: the first batches of its seeded training loader.
+    calib = calibration_batch(data.loaders(torch.device("cpu"))[0], 64)
+    flag, value = _cli_budget(name)
+    budget = {flag.lstrip("-").replace("-", "_"): float(value)}
+    from_api = prunekit.prune(dense, calib[:1], method=name, calib=calib, **options, **budget).eval()
+    x = _calib((1, 28, 28))
+    assert from_cli.state_dict().keys() == from_api.state_dict().keys()
+    with torch.no_grad():
+        torch.testing.assert_close(from_cli(x), from_api(x), rtol=0, atol=0)

@@ -3,6 +3,7 @@
 from prunekit.methods import deephoyer, fpgm, hrank, l1, random_filters, slimming  # noqa: F401  (registration)
 from prunekit.methods.base import (
     Calib,
+    ChannelKeep,
     Method,
     Plan,
     Pruned,
@@ -22,6 +23,7 @@ __all__ = [
     "Budget",
     "BudgetResult",
     "Calib",
+    "ChannelKeep",
     "Method",
     "Plan",
     "Pruned",

@@ -30,12 +30,14 @@ from prunekit.methods.options import coerce
 from prunekit.methods.selection import Selection, parse_selection, pruned_count
 from prunekit.surgery.graph import prunable_layers
 from prunekit.surgery.masks import MaskSet
+from prunekit.surgery.plan import MaskPlan, Plan
 
 if TYPE_CHECKING:
     from prunekit.methods.stage import Stage
 
-#: Channel plan: kept output indices (sorted) per layer name. Only `surgery` turns it into shapes.
-Plan = dict[str, list[int]]
+#: A channel plan as methods build it: kept output indices (sorted) per layer name. `Plan` (from
+#: `surgery.plan`) is the tagged union a method may return: this mapping, a `LowRankPlan` or a `MaskPlan`.
+ChannelKeep = dict[str, list[int]]
 #: Calibration inputs: one batch (N, C, H, W) as the model expects it (normalised). ``calib[:1]`` is the
 #: example input used to trace the model; data-driven methods also score on it.
 Calib = Tensor
@@ -139,17 +141,19 @@ class Method:
         """Called after each optimiser step of the sparsify stage (projections, growing penalties)."""
 
     def plan(self, model: nn.Module, calib: Calib | None) -> Plan:
+        """What to remove: a channel mapping, a `LowRankPlan` or a `MaskPlan` (`surgery.plan`)."""
         raise NotImplementedError(f"method {self.name!r} does not produce a plan")
 
     def prune(self, model: nn.Module, calib: Calib | None, stage: Stage | None = None) -> Pruned:
-        """A pruned copy of `model`. Default: the channel plan applied by the surgery. `stage` carries the
-        run's data and fine-tune config for methods whose pruning trains; None outside a run."""
+        """A pruned copy of `model`. Default: `plan` carried out by `surgery.apply`, whatever its kind; a
+        mask plan's masks are returned so the fine-tune keeps them at zero. `stage` carries the run's data
+        and fine-tune config for methods whose pruning trains; None outside a run."""
         from prunekit.surgery import apply
 
         plan = self.plan(model, calib)
-        return Pruned(
-            apply(model, plan, example_input(calib, self.name)), budget=getattr(self, "budget", None)
-        )
+        pruned = apply(model, plan, example_input(calib, self.name))
+        masks = MaskSet(plan.masks) if isinstance(plan, MaskPlan) else None
+        return Pruned(pruned, masks=masks, budget=getattr(self, "budget", None))
 
     @classmethod
     def needs_sparsify(cls) -> bool:
@@ -315,7 +319,7 @@ def plan_from_ratios(
     """The allocation meets the criterion: each group loses ``int(ratio * n)`` channels, those with the
     lowest summed `score` over its members (a member may have no score: None). Without `score` the last
     channels go, which is enough to count a configuration's cost."""
-    plan: Plan = {}
+    plan: ChannelKeep = {}
     for group in groups:
         ratio = group_ratio(group, dict(ratios))
         if ratio == 0:

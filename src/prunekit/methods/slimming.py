@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from prunekit.errors import ConfigError
 from prunekit.methods.base import (
     Calib,
+    ChannelKeep,
     LayerGroup,
     Method,
     Plan,
@@ -123,7 +124,7 @@ class NetworkSlimming(Method):
         owner = torch.cat([torch.full_like(idx, i) for i, idx in enumerate(candidates)])
         channel = torch.cat(candidates)
         chosen = torch.sort(values, stable=True).indices[:n_pruned]
-        plan: Plan = {}
+        plan: ChannelKeep = {}
         for i, group in enumerate(groups):
             keep = torch.ones(group.out_channels, dtype=torch.bool)
             keep[channel[chosen][owner[chosen] == i]] = False

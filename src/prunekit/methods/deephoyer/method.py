@@ -31,6 +31,7 @@ from prunekit.errors import ConfigError, unknown_name
 from prunekit.methods.base import (
     BudgetKind,
     Calib,
+    ChannelKeep,
     Method,
     Plan,
     Pruned,
@@ -138,7 +139,7 @@ class PruneResult(Pruned):
     (empty unless structural)."""
 
     thresholds: dict[str, float] = field(default_factory=dict)
-    plan: Plan = field(default_factory=dict)
+    plan: ChannelKeep = field(default_factory=dict)
 
 
 @register_method
@@ -261,7 +262,7 @@ class DeepHoyer(Method):
         return PruneResult(smaller, remaining, details, thresholds=thresholds, plan=plan)
 
 
-def _compose(first: Plan, then: Mapping[str, Sequence[int]]) -> Plan:
+def _compose(first: ChannelKeep, then: Mapping[str, Sequence[int]]) -> ChannelKeep:
     """The kept channels of `then` (indices after `first`) as indices before `first`."""
     plan = dict(first)
     for name, kept in then.items():
