@@ -1,6 +1,7 @@
 """Pruning methods behind one protocol: ``create_method(name, **options)``, ``list_methods()``."""
 
 from prunekit.methods import deephoyer, fpgm, hrank, l1, random_filters, slimming  # noqa: F401  (registration)
+from prunekit.methods import torch_pruning  # noqa: F401  (registration: Torch-Pruning's pruners)
 from prunekit.methods.base import (
     Calib,
     ChannelKeep,
