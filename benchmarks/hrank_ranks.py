@@ -11,7 +11,9 @@ Both rank the same 55 ResNet-56 taps (stem ReLU, relu1/relu2 of every block) on 
 
 The original is timed on `--loop-images` images and scaled linearly to `--images` (its cost is linear
 in the images: every image costs the same forwards and the same per-map SVDs); the output says so. The
-two are also checked to give identical mean ranks on those images.
+two are also checked to give identical mean ranks on those images. Wall-clock and process CPU seconds are
+both printed (on a loaded machine only the CPU seconds mean anything), then where prunekit's time goes:
+the forward, and each step of `feature_map_ranks` with the share of maps it decides.
 
     python benchmarks/hrank_ranks.py --images 768 --loop-images 16 --threads 2
 """
@@ -24,7 +26,8 @@ import time
 import torch
 from torch import Tensor, nn
 
-from prunekit.methods.hrank import hrank_scores
+from prunekit.methods.feature_pass import feature_pass
+from prunekit.methods.hrank import criterion, hrank_scores
 from prunekit.methods.hrank.layouts import Tap, layout_for
 from prunekit.models import create
 
@@ -54,6 +57,49 @@ def original_ranks(model: nn.Module, images: Tensor, taps: list[Tap], batch_size
     return scores
 
 
+def where_time_goes(model: nn.Module, images: Tensor, taps: list[Tap], batch_size: int) -> dict[str, float]:
+    """CPU seconds of the forward alone and of each step of `feature_map_ranks` on the same maps, and how
+    many maps each step decides: all-zero, Cholesky-certified full rank, eigenvalues, SVD fallback."""
+    maps: list[Tensor] = []
+    feature_pass(model, images, taps, lambda _c, m: maps.append(m.detach().float().flatten(0, 1)),
+                 n_images=len(images), batch_size=batch_size)  # fmt: skip
+    out = dict.fromkeys(("zero", "cholesky", "eigen", "svd"), 0.0)
+    steps = ("forward", "gram+cholesky", "eigen", "svd fallback", "svd instead of eigen")
+    steps += ("matrix_rank everywhere",)
+    cpu = dict.fromkeys(steps, 0.0)
+    start = time.process_time()
+    with torch.no_grad():
+        for batch in images.split(batch_size):
+            model(batch)
+    cpu["forward"] = time.process_time() - start
+    for stack in maps:
+        h, w = stack.shape[1:]
+        live = stack[torch.count_nonzero(stack, dim=(1, 2)) > 0]
+        out["zero"] += len(stack) - len(live)
+        start = time.process_time()
+        gram = criterion._gram(live)
+        full = criterion._surely_full_rank(gram, h, w)
+        cpu["gram+cholesky"] += time.process_time() - start
+        start = time.process_time()
+        _, unsure = criterion._eigen_ranks(gram[~full], h, w)
+        cpu["eigen"] += time.process_time() - start
+        start = time.process_time()
+        torch.linalg.matrix_rank(live[~full][unsure])
+        cpu["svd fallback"] += time.process_time() - start
+        start = time.process_time()
+        torch.linalg.matrix_rank(live[~full])  # the previous path: SVD for every uncertified map
+        cpu["svd instead of eigen"] += time.process_time() - start
+        start = time.process_time()
+        torch.linalg.matrix_rank(stack)
+        cpu["matrix_rank everywhere"] += time.process_time() - start
+        out["cholesky"] += int(full.sum())
+        out["eigen"] += int((~unsure).sum())
+        out["svd"] += int(unsure.sum())
+    total = sum(out.values())
+    shares = {f"maps by {k} %": 100 * v / total for k, v in out.items()}
+    return {**{f"{k} CPU s": v for k, v in cpu.items()}, **shares}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -78,16 +124,17 @@ def main() -> None:
 
     hrank_scores(model, images[: args.batch_size], n_images=args.batch_size)  # warm-up
     sync()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     ours = hrank_scores(model, images, n_images=args.images, batch_size=args.batch_size)
     sync()
-    t_ours = time.perf_counter() - start
+    t_ours, c_ours = time.perf_counter() - start, time.process_time() - cpu
 
     subset = images[: args.loop_images]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     reference = original_ranks(model, subset, taps, args.batch_size)
     sync()
     t_loop = (time.perf_counter() - start) * args.images / args.loop_images
+    c_loop = (time.process_time() - cpu) * args.images / args.loop_images
 
     check = hrank_scores(model, subset, n_images=args.loop_images, batch_size=args.batch_size)
     diff = max((check[c] - reference[c].cpu()).abs().max().item() for c in reference)
@@ -100,8 +147,15 @@ def main() -> None:
         f"  original (pass per layer, per-map Python loop): {t_loop:8.2f} s "
         f"(timed on {args.loop_images} images, scaled x{args.images / args.loop_images:g})"
     )
-    print(f"  speed-up: {t_loop / t_ours:.1f}x")
+    print(f"  speed-up: {t_loop / t_ours:.1f}x (wall clock)")
+    print(
+        f"  CPU seconds of this process (robust to other load): prunekit {c_ours:.2f} s, original "
+        f"{c_loop:.2f} s (scaled), speed-up {c_loop / c_ours:.1f}x"
+    )
     print(f"  max |mean rank difference| on the {args.loop_images} shared images: {diff:g}")
+    print(f"  where prunekit's time goes (first {args.batch_size} images, CPU seconds / share of maps):")
+    for key, value in where_time_goes(model, images[: args.batch_size], taps, args.batch_size).items():
+        print(f"    {key:28} {value:8.2f}")
     assert len(ours) == len(taps)
 
 

@@ -11,6 +11,16 @@ Issue 3 §8. One run builds, from the same randomly initialised ResNet-56 (optio
   rank fraction, chosen the same way to come closest to 0.5 of the dense MACs;
 - ``low-rank NC ~2x r%8``: the same with every rank rounded to a multiple of 8.
 
+Issue 14 adds, side by side in the same run (skip them with ``--no-issue14``):
+
+- ``L1 2x r=N`` / ``L1 4x r=N``: `prunekit.prune(..., target_macs=0.5/0.25, round_to=N)`, N from
+  ``--round-to`` (default ``auto``: the cached width sweep of `measure.latency_table.preferred_round_to`,
+  at the target batch and ``--threads``);
+- ``L1 lat 0.5``: `target_latency=0.5` at the target batch and ``--threads`` (lookup table, aligned);
+- ``TP 2x`` / ``TP 4x``: Torch-Pruning's MetaPruner (L1 magnitude, ``round_to=8``, local ratio bisected to
+  the same MAC fractions), on the same dense model;
+- onnxruntime vs the PyTorch deployed form for ``dense`` and ``L1 2x r=N`` (same threads).
+
 All models are timed by `prunekit.measure.compare_latency`, interleaved round by round on the deployed
 form (BN folded, then `torch.jit.freeze` / `torch.compile` / eager per ``--mode``), one table per batch
 size, with the latency speed-up next to the MAC speed-up. The target is latency speed-up >= 0.7 x MAC
@@ -126,18 +136,110 @@ def low_rank(model: nn.Module, target: float, dense_macs: int, multiple: int = 1
     return Variant(name, decomposed, cost(decomposed, INPUT_SHAPE).macs, detail)
 
 
-def build_variants(seed: int) -> list[Variant]:
+def aligned_l1(
+    model: nn.Module, example: torch.Tensor, round_to: str, threads: int, **budget: float
+) -> Variant:
+    """prunekit's L1 with kept widths multiples of `round_to` (a number or "auto": measured at the target
+    batch and `threads`, halved to fit the model's narrowest layers), at a MAC or latency budget."""
+    import prunekit
+
+    small = prunekit.prune(
+        model, example, method="l1", round_to=round_to, latency_batch=TARGET_BATCH, latency_threads=threads,
+        **budget,
+    ).eval()  # fmt: skip
+    widths = sorted({m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)})
+    (key, value), *_ = budget.items()
+    name = f"L1 lat {value:g}" if key == "target_latency" else f"L1 {round(1 / value)}x r={round_to}"
+    return Variant(
+        name, small, cost(small, INPUT_SHAPE).macs, f"{key}={value:g}, round_to={round_to}, {widths}"
+    )
+
+
+def torch_pruning_l1(model: nn.Module, example: torch.Tensor, target: float, dense_macs: int) -> Variant:
+    """Torch-Pruning's MetaPruner (L1 magnitude, its own round_to=8), local ratio bisected to `target`."""
+    import copy
+
+    import torch_pruning as tp
+
+    from prunekit.surgery.graph import CUSTOMIZED_PRUNERS
+
+    def pruned_at(ratio: float) -> nn.Module:
+        m = copy.deepcopy(model)
+        tp.pruner.MetaPruner(
+            m, example, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
+            round_to=8, ignored_layers=[m.fc], customized_pruners=CUSTOMIZED_PRUNERS,
+        ).step()  # fmt: skip
+        return m.eval()
+
+    lo, hi, best = 0.0, 0.95, None
+    for _ in range(8):
+        mid = (lo + hi) / 2
+        m = pruned_at(mid)
+        fraction = cost(m, INPUT_SHAPE).macs / dense_macs
+        if best is None or abs(fraction - target) < abs(best[1] - target):
+            best = (mid, fraction, m)
+        lo, hi = (mid, hi) if fraction > target else (lo, mid)
+    ratio, _, m = best
+    widths = sorted({c.out_channels for c in m.modules() if isinstance(c, nn.Conv2d)})
+    return Variant(f"TP {round(1 / target)}x", m, cost(m, INPUT_SHAPE).macs, f"ratio {ratio:.3f}, {widths}")
+
+
+def build_variants(
+    seed: int, issue14: bool = True, round_to: str = "auto", threads: int = 1
+) -> list[Variant]:
     torch.manual_seed(seed)
     dense = create("resnet56").eval()
     dense_macs = cost(dense, INPUT_SHAPE).macs
     example = torch.randn(1, *INPUT_SHAPE)
-    return [
+    variants = [
         Variant("dense", dense, dense_macs, "resnet56 option A"),
         l1_pruned(dense, example, 0.5),
         l1_pruned(dense, example, 0.25),
         low_rank(dense, 0.5, dense_macs),
         low_rank(dense, 0.5, dense_macs, multiple=8),
     ]
+    if issue14:
+        from prunekit.methods.alignment import resolve_round_to
+
+        measured = resolve_round_to(round_to, threads, TARGET_BATCH)
+        print(f"round_to {round_to} -> {measured} (width sweep at batch {TARGET_BATCH}, {threads} thread(s))")
+        calib = torch.randn(2, *INPUT_SHAPE)
+        variants += [
+            aligned_l1(dense, calib, round_to, threads, target_macs=0.5),
+            aligned_l1(dense, calib, round_to, threads, target_macs=0.25),
+            aligned_l1(dense, calib, round_to, threads, target_latency=0.5),
+            torch_pruning_l1(dense, example, 0.5, dense_macs),
+            torch_pruning_l1(dense, example, 0.25, dense_macs),
+        ]
+    return variants
+
+
+def onnx_rows(variants: Sequence[Variant], batch: int, threads: int, rounds: int) -> list[str]:
+    """onnxruntime vs the PyTorch deployed form, round by round, for the dense and the first aligned model."""
+    import tempfile
+    from pathlib import Path
+
+    from prunekit.export import export_onnx, onnx_latency
+    from prunekit.measure import LatencyStats, speedup
+
+    chosen = [v for v in variants if v.name == "dense" or v.name.startswith("L1 2x r=")]
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for v in chosen:
+            path = Path(tmp) / "m.onnx"
+            export_onnx(v.model, torch.randn(2, *INPUT_SHAPE), path)
+            ort, pt = [], []
+            for _ in range(rounds):
+                ort += onnx_latency(path, INPUT_SHAPE, batch_size=batch, threads=threads, warmup=1, repeats=3)
+                pt += list(
+                    compare_latency(
+                        {"m": v.model}, INPUT_SHAPE, batch_size=batch, threads=threads, warmup=1, repeats=3,
+                        rounds=1,
+                    )["m"].samples
+                )  # fmt: skip
+            o, p = LatencyStats.of_samples(ort), LatencyStats.of_samples(pt)
+            lines.append(f"  {v.name:<14} onnxruntime {o}  PyTorch freeze {p}  onnxruntime x {speedup(p, o)}")
+    return lines
 
 
 def round_medians(result: LatencyResult, rounds: int) -> list[float]:
@@ -227,6 +329,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="2 rounds, 10 repeats: a smoke run")
     parser.add_argument("--no-eager-reference", action="store_true", help="skip the unfolded eager timings")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--no-issue14", action="store_true", help="skip round_to / latency budget / TP / ONNX"
+    )
+    parser.add_argument("--round-to", default="auto", help="round_to of the aligned L1 models (N or auto)")
     args = parser.parse_args()
     batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
     rounds = 2 if args.quick else args.rounds
@@ -238,7 +344,7 @@ def main() -> None:
 
     print(f"torch {torch.__version__}, {args.threads} thread(s), mode {args.mode}, {rounds} rounds; {load()}")
     print(f"weights are random (seed {args.seed}): latency depends on shapes only, not on values")
-    variants = build_variants(args.seed)
+    variants = build_variants(args.seed, not args.no_issue14, args.round_to, args.threads)
     models = {v.name: v.model for v in variants}
     for v in variants:
         print(f"  {v.name:<18} {v.macs:>12,} MACs  {v.detail}")
@@ -268,6 +374,10 @@ def main() -> None:
                 f"target latency x >= {TARGET_RATIO} MAC x at batch {TARGET_BATCH} ({', '.join(channel)}): "
                 f"{verdict}  [{shown}]"
             )
+
+        if not args.no_issue14:
+            print(f"\nbatch {batch}, onnxruntime vs PyTorch deployed, {args.threads} thread(s); {load()}")
+            print("\n".join(onnx_rows(variants, batch, args.threads, rounds)))
 
         if not args.no_eager_reference:
             reference = {v.name: v.model for v in variants[:3]}

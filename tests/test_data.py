@@ -302,7 +302,7 @@ def test_missing_files_without_download_name_file_path_and_remedy(tmp_path: Path
         DataError,
         match=r"missing t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz in "
         + str(tmp_path / "mnist")
-        + r".*--download.*https://ossci-datasets",
+        + r".*without --no-download.*https://ossci-datasets",
     ):
         load_dataset("mnist", "test", root=tmp_path, download=False)
     with pytest.raises(DataError, match=r"missing data_batch_1.*cifar-10-python.tar.gz.*www.cs.toronto.edu"):

@@ -14,8 +14,11 @@ from prunekit.methods.hrank.layouts import Tap, layout_for
 from prunekit.models import FeatureTap, create, default_input_shape, feature_taps, list_models
 from prunekit.models.probe import probe
 
-#: The zoo models whose activation taps are HRank's hooks; the others declare none.
-UNDECLARED = {"vgg19_bn", "lenet300_100"}
+#: The zoo models whose activation taps are HRank's hooks; the others declare none (the bearpaw models:
+#: HRank has no layout for them, so it takes its fallback taps).
+UNDECLARED = {"vgg19_bn", "lenet300_100", "alexnet_cifar", "preresnet110", "resnet110_bearpaw", "wrn28_10"}
+UNDECLARED |= {"vgg19_bn_bearpaw", "resnext29_8x64d", "resnext29_16x64d", "densenet_bc100_12"}
+UNDECLARED |= {"densenet_bc190_40"}
 
 
 def small_input(name: str) -> Tensor:

@@ -29,8 +29,12 @@ def _calib(shape: tuple[int, ...], n: int = 8) -> torch.Tensor:
 
 
 def _budget_options(name: str) -> dict[str, object]:
-    """Options that make the method remove structure (a MAC budget needs channels to go)."""
-    return {"structural": True} if "structural" in _fields(name) else {}
+    """Options that make the method remove structure (a MAC budget needs channels to go). A method whose
+    defaults assume trained weights (TRP's singular-value threshold) declares `conformance_options` that
+    act on these untrained networks."""
+    if "structural" in _fields(name):
+        return {"structural": True}
+    return dict(getattr(method_class(name), "conformance_options", {}))
 
 
 def _fields(name: str) -> dict[str, dataclasses.Field]:
@@ -108,12 +112,27 @@ def _result(name: str, options: dict[str, object]) -> dict[str, torch.Tensor]:
     return prunekit.prune(model, x[:1], method=name, calib=x, **options).state_dict()
 
 
+def _after_two_steps(method: object) -> dict[str, torch.Tensor]:
+    """Weights and gradients after the method's training hooks ran on steps 1 and 2 (a period shows)."""
+    torch.manual_seed(0)
+    model = _trained_like(create("resnet20"))
+    model(_calib((3, 32, 32))).square().mean().backward()
+    for step in (1, 2):
+        method.after_backward(model, step)
+        method.after_step(model, step)
+    state = {k: v.detach().clone() for k, v in model.named_parameters()}
+    state.update({f"{k}.grad": v.grad.clone() for k, v in model.named_parameters() if v.grad is not None})
+    return state
+
+
 @pytest.mark.parametrize("name", METHODS)
 def test_every_option_changes_the_result_or_is_refused(name: str) -> None:
     """No silent no-ops: an option set to another value must change the pruned model or be refused with
     a prunekit error. Options that only trade speed or memory declare ``metadata={"effect": "speed"}``;
     options of the sparsify stage (``"sparsify"``) must change the penalty instead; limits that act only
-    when the weights reach them (``"data"``, e.g. a per-layer cap) are tested by the method's own tests."""
+    when the weights reach them (``"data"``, e.g. a per-layer cap) are tested by the method's own tests;
+    options of the training hooks (``"train"``) must change the weights or gradients after two steps of
+    `after_backward` + `after_step`."""
     hints = typing.get_type_hints(method_class(name).Options)
     base_options = _budget_options(name)
     base = _result(name, base_options)
@@ -131,6 +150,11 @@ def test_every_option_changes_the_result_or_is_refused(name: str) -> None:
                 assert a is not None and b is not None and not torch.equal(a, b), (
                     f"{name}.{key} changed nothing"
                 )
+                continue
+            if f.metadata.get("effect") == "train":
+                a = _after_two_steps(create_method(name, **base_options))
+                b = _after_two_steps(create_method(name, **base_options, **{key: value}))
+                assert any(not torch.equal(a[k], b[k]) for k in a), f"{name}.{key} changed nothing"
                 continue
             other = _result(name, {**base_options, key: value})
         except PrunekitError:

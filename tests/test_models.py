@@ -27,6 +27,8 @@ def test_registry_lists_the_whole_zoo() -> None:
     assert list_models() == sorted(
         ["resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "vgg16_bn", "vgg19_bn", "densenet40"]
         + ["googlenet", "lenet300_100", "lenet5", "resnet18", "resnet34", "resnet50"]
+        + ["alexnet_cifar", "preresnet110", "resnet110_bearpaw", "wrn28_10", "vgg19_bn_bearpaw"]
+        + ["resnext29_8x64d", "resnext29_16x64d", "densenet_bc100_12", "densenet_bc190_40"]
     )
     assert default_input_shape("resnet56") == (3, 32, 32)
     assert default_input_shape("lenet5") == (1, 28, 28)
@@ -65,7 +67,7 @@ def test_cifar_nets_take_mnist_shaped_inputs(name: str) -> None:
 
 
 def test_unknown_model_lists_valid_names() -> None:
-    with pytest.raises(ConfigError, match=r"unknown model 'resnet57'; valid models: densenet40, googlenet, "):
+    with pytest.raises(ConfigError, match=r"unknown model 'resnet57'; valid models: alexnet_cifar, dense"):
         create("resnet57")
 
 

@@ -3,7 +3,6 @@ goes through the default `Method.prune`, and each kind round-trips through the m
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,14 +17,6 @@ from prunekit.methods import Method
 from prunekit.models import create
 from prunekit.surgery import LowRankConv2d, LowRankPlan, MaskPlan, apply, plan_kind
 from prunekit.surgery.channels import apply as apply_channels
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _lenet() -> nn.Module:

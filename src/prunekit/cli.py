@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import sys
+import traceback
 import types
 import typing
 from collections.abc import Callable, Mapping, Sequence
@@ -79,6 +81,9 @@ class _Parser(argparse.ArgumentParser):
     """Usage mistakes are user errors like any other: one line, exit status 2, no usage dump."""
 
     def error(self, message: str) -> NoReturn:
+        if message.startswith("unrecognized arguments") and "--epochs" in message.split():
+            # `prune` has one length per stage; a plain --epochs would have to be ignored.
+            message += "; prune's stages take --finetune-epochs N and --sparsify-epochs N"
         raise ConfigError(f"{message} (see `{self.prog} --help`)")
 
 
@@ -107,6 +112,25 @@ def _add_data_args(p: argparse.ArgumentParser, *, default: str | None = None) ->
         default=[],
         metavar="KEY=VALUE",
         help="dataset keyword, repeatable; e.g. for synthetic: shape=1x28x28 num_samples=2048",
+    )
+
+
+def _add_run_folder_args(p: argparse.ArgumentParser, *, resume: bool) -> None:
+    from prunekit.train.threads import physical_cores
+
+    if resume:
+        p.add_argument(
+            "--resume",
+            action="store_true",
+            help="continue the run in --out from its last checkpoint; its options come from its config.yaml",
+        )
+    p.add_argument("--overwrite", action="store_true", help="replace the run already in --out (else refused)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        metavar="N",
+        help=f"CPU threads for training and timing (default: the physical cores not kept busy by other "
+        f"work; {physical_cores()} cores here)",
     )
 
 
@@ -201,10 +225,10 @@ def _data_options(items: Sequence[str]) -> dict[str, Any]:
 
 
 def _data_spec(args: argparse.Namespace) -> Any:
+    """The data options as given; what is left open (no --data, no --no-normalize) is filled from the model
+    file by runs that start from one, and is an error for `train`."""
     from prunekit.pipeline import DataSpec
 
-    if not args.data:
-        raise ConfigError("--data is required (e.g. --data cifar10)")
     return DataSpec(
         name=args.data,
         root=args.data_root,
@@ -214,7 +238,7 @@ def _data_spec(args: argparse.Namespace) -> Any:
         limit_train=args.limit_train,
         limit_test=args.limit_test,
         seed=getattr(args, "seed", 0),
-        normalize=not args.no_normalize,
+        normalize=False if args.no_normalize else None,
         options=_data_options(args.data_option),
     )
 
@@ -238,6 +262,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _train_config(args)
     record = {
         "command": "train",
+        "command_line": _options_record(args),
         "arch": args.arch,
         "shortcut": args.shortcut,
         "data": vars(_data_spec(args)),
@@ -252,11 +277,14 @@ def cmd_train(args: argparse.Namespace) -> int:
         args.out,
         model_kwargs={"shortcut": args.shortcut} if args.shortcut else None,
         resume=args.resume,
+        overwrite=args.overwrite,
         device=args.device,
         teacher_path=args.teacher,
         latency_batches=args.latency_batches,
+        threads=args.threads,
         config_record=record,
     )
+    _print_warnings(summary)
     if summary:
         print(
             f"top-1 {summary['top1']:.2f} %  params {summary['params']:,}  "
@@ -276,8 +304,51 @@ def _method_options(items: Sequence[str]) -> dict[str, Any]:
     return options
 
 
-def _optional_data_spec(args: argparse.Namespace) -> Any:
-    return _data_spec(args) if args.data else None
+def _print_warnings(summary: Mapping[str, Any]) -> None:
+    """The run's warning channel on the terminal (they are also in summary.json)."""
+    for text in summary.get("warnings") or ():
+        print(f"prunekit: warning: {text}", file=sys.stderr)
+
+
+#: Namespace entries that are not options of the command (parser plumbing).
+_PLUMBING = {"func", "config_parser", "resume_parser", "command"}
+#: Options a resumed run may change: where and how fast it runs, not what it computes.
+_RESUME_MAY_CHANGE = {"resume", "out", "device", "threads", "config", "overwrite"}
+#: Options a resumed run never takes from the record (the others it does, device and threads included).
+_NOT_RESTORED = {"resume", "out", "config", "overwrite"}
+
+
+def _options_record(args: argparse.Namespace) -> dict[str, Any]:
+    """Every option of the command as resolved (defaults included): what `--resume` reads back."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in vars(args).items() if k not in _PLUMBING}
+
+
+def _apply_resume(parser: argparse.ArgumentParser, args: argparse.Namespace, argv: Sequence[str]) -> None:
+    """`--resume` needs only `--out`: the run's options come from its config.yaml. An option given again
+    must have the value the run was started with, or the run would no longer be the one recorded."""
+    from prunekit.report.run_folder import RunFolder, open_run
+
+    open_run(args.out, resume=True)
+    config = RunFolder(args.out).read_config()
+    recorded = config.get("command_line")
+    if config.get("command") != args.command or not isinstance(recorded, dict):
+        raise ConfigError(
+            f"{args.out} holds a {config.get('command') or 'older prunekit'} run that `prunekit "
+            f"{args.command} --resume` cannot continue; start a new run with another --out"
+        )
+    given = _given_on_command_line(parser, argv)
+    for dest in sorted(given - _RESUME_MAY_CHANGE):
+        now, then = _options_record(args).get(dest), recorded.get(dest)
+        if now != then:
+            flag = "--" + dest.replace("_", "-")
+            raise ConfigError(
+                f"{flag} {_shown(now)} differs from the run being resumed ({flag} {_shown(then)} in "
+                f"{Path(args.out) / 'config.yaml'}); a resumed run keeps its options: drop {flag}, or start "
+                "a new run with another --out"
+            )
+    for dest, value in recorded.items():
+        if dest not in given and dest not in _NOT_RESTORED and hasattr(args, dest):
+            setattr(args, dest, tuple(value) if isinstance(value, list) else value)
 
 
 def _stage_config(args: argparse.Namespace, prefix: str) -> TrainConfig:
@@ -302,28 +373,36 @@ def cmd_prune(args: argparse.Namespace) -> int:
         speedup=args.speedup,
         target_density=args.target_density,
         calib_images=args.calib_images,
+        target_latency=args.target_latency,
+        speedup_latency=args.speedup_latency,
+        round_to=args.round_to,
     )
     sparsify = _stage_config(args, "sparsify") if args.sparsify_epochs else None
     finetune = _stage_config(args, "finetune") if args.finetune_epochs else None
     record = {
         "command": "prune",
+        "command_line": _options_record(args),
         "checkpoint": args.checkpoint,
         "prune": vars(spec),
-        "data": vars(_optional_data_spec(args) or {}) if args.data else None,
         "sparsify": sparsify.to_dict() if sparsify else None,
         "finetune": finetune.to_dict() if finetune else None,
     }
     summary = prune_run(
         args.checkpoint,
         spec,
-        _optional_data_spec(args),
+        _data_spec(args),
         args.out,
         sparsify=sparsify,
         finetune=finetune,
         device=args.device,
         latency_batches=args.latency_batches,
+        threads=args.threads,
+        teacher_path=args.teacher,
+        allow_noop=args.allow_noop,
+        overwrite=args.overwrite,
         config_record=record,
     )
+    _print_warnings(summary)
     d, p = summary["dense"], summary["pruned"]
     print(f"dense  top-1 {d['top1']:.2f} %  MACs {d['macs'] / 1e6:.2f}M  params {d['params']:,}")
     print(
@@ -331,24 +410,44 @@ def cmd_prune(args: argparse.Namespace) -> int:
         f"MACs {p['macs'] / 1e6:.2f}M ({summary['mac_speedup']:.2f}× fewer)  "
         f"params {p['params']:,}  → {args.out}"
     )
+    lat = (summary.get(summary.get("method") or "") or {}).get("latency")
+    if lat:  # a latency budget: what the table predicted and what the pruned model measured
+        low, high = lat["measured_fraction_range"]
+        print(
+            f"latency at batch {lat['batch_size']}, {lat['threads']} thread(s): target "
+            f"{lat['target_fraction']:.3f} of dense, predicted {lat['predicted_fraction']:.3f}, "
+            f"measured {lat['measured_fraction']:.3f} "
+            f"({low:.3f}–{high:.3f}); {lat['dense_ms']:.2f} → {lat['pruned_ms']:.2f} ms"
+        )
     return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
     from prunekit.pipeline import finetune_run
 
+    if not args.checkpoint:
+        raise ConfigError("finetune needs the model file to fine-tune (or --resume with --out of a run)")
     cfg = _train_config(args)
-    record = {"command": "finetune", "checkpoint": args.checkpoint, "train": cfg.to_dict()}
+    record = {
+        "command": "finetune",
+        "command_line": _options_record(args),
+        "checkpoint": args.checkpoint,
+        "train": cfg.to_dict(),
+    }
     summary = finetune_run(
         args.checkpoint,
-        _optional_data_spec(args),
+        _data_spec(args),
         cfg,
         args.out,
         resume=args.resume,
+        overwrite=args.overwrite,
         device=args.device,
         latency_batches=args.latency_batches,
+        threads=args.threads,
+        teacher_path=args.teacher,
         config_record=record,
     )
+    _print_warnings(summary)
     print(
         f"top-1 {summary['top1']:.2f} %  params {summary['params']:,}  "
         f"MACs {summary['macs'] / 1e6:.2f}M  → {args.out}"
@@ -370,6 +469,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         limit_test=args.limit_test,
         download=not args.no_download,
         device=args.device,
+        overwrite=args.overwrite,
+        threads=args.threads,
     )
     ours, pub = summary["ours"], summary["published"]
     print(
@@ -384,25 +485,65 @@ def cmd_report(args: argparse.Namespace) -> int:
     from rich.console import Console
 
     from prunekit.report import (
+        SEPARATE,
+        CostPoint,
         RunFolder,
         comparison_markdown,
         comparison_table,
-        plot_accuracy_vs_macs,
+        model_files_present,
+        plot_accuracy_vs_cost,
+        retime,
         rows_of,
     )
 
     rows = rows_of(args.runs)
-    Console(width=160).print(comparison_table(rows, title="prunekit report (first run = reference)"))
+    batches = args.latency_batches or tuple(sorted({b for r in rows for b in r.latency_ms})) or (1,)
+    # Latencies from separate runs are only comparable when timed again together; do it whenever we can.
+    measure = model_files_present(args.runs) if args.measure is None else args.measure
+    timing = SEPARATE
+    if measure:
+        rows, how = retime(args.runs, rows, batch_sizes=batches, threads=args.threads, repeats=args.repeats)
+        timing = how.describe()
+    Console(width=160).print(
+        comparison_table(rows, title="prunekit report (first run = reference)", timing=timing, paired=measure)
+    )
     if args.out:
         out = RunFolder(args.out)
-        plot = plot_accuracy_vs_macs(
-            [(r.name, r.macs, r.top1 or 0.0) for r in rows], out.file("accuracy_vs_macs.png")
-        )
+        b = min(batches)
+        points = [
+            CostPoint.of(r.name, r.macs, r.top1 or 0.0, r.latency_ms.get(b), r.latency_stats.get(b))
+            for r in rows
+        ]
+        plot = plot_accuracy_vs_cost(points, out.file("accuracy_vs_cost.png"), batch_size=b, timing=timing)
         out.write_text(
             "report.md",
-            "# Comparison\n\n" + comparison_markdown(rows) + f"\n![accuracy vs MACs]({plot.name})\n",
+            "# Comparison\n\n"
+            + comparison_markdown(rows, timing, paired=measure)
+            + f"\n![accuracy vs MACs and latency]({plot.name})\n",
         )
         print(f"wrote {out.path}/report.md and {plot.name}")
+    return 0
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from prunekit.model_import import import_to_file
+
+    result = import_to_file(
+        args.checkpoint,
+        args.source,
+        args.arch,
+        args.out,
+        overwrite=args.overwrite,
+        dataset=args.data,
+        normalize=not args.no_normalize,
+    )
+    arch = result.model.prunekit_arch
+    extra = f", {len(result.masks)} element-wise masks kept" if result.masks else ""
+    print(
+        f"imported {args.checkpoint} ({args.source}) as {arch['name']} {arch['kwargs']}: "
+        f"{len(result.renamed)} keys renamed, {len(result.filled)} filled from the architecture{extra}; "
+        f"wrote {args.out}"
+    )
     return 0
 
 
@@ -422,7 +563,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     from prunekit.measure import cost, latency
     from prunekit.pipeline import load_for_profile
+    from prunekit.train.threads import check_threads
 
+    threads = check_threads(args.threads)
+    if any(b < 1 for b in args.batch_sizes) or not args.batch_sizes:
+        raise ConfigError(f"--batch-sizes must be batch sizes ≥ 1, e.g. 1,64; got {_shown(args.batch_sizes)}")
     model, shape = load_for_profile(args.target, args.input_shape)
     c = cost(model, shape)
     console = Console()
@@ -434,15 +579,95 @@ def cmd_profile(args: argparse.Namespace) -> int:
     )
     console.print(f"[dim]{c.convention}[/dim]")
     for b in args.batch_sizes:
-        res = latency(model, shape, batch_size=b, threads=args.threads, mode=args.mode)
+        res = latency(model, shape, batch_size=b, threads=threads, mode=args.mode)
         console.print(f"latency {res}")
+    if args.latency_table:
+        from prunekit.measure.latency_table import LatencyTable, in_model_layer_latencies
+
+        b = args.batch_sizes[0]
+        table = LatencyTable(b, threads)
+        rows = in_model_layer_latencies(model, shape, batch_size=b, threads=threads)
+        predicted = table.lookup_many(s for s, _ in rows.values())
+        console.print(
+            f"per layer at batch {b}, {threads} thread(s): lookup table (alone, frozen) vs in the model"
+        )
+        for (name, (_, measured)), guess in zip(rows.items(), predicted, strict=True):
+            console.print(f"  {name:<28} predicted {guess:10.1f} µs  measured {measured:10.1f} µs")
+        console.print(
+            f"  {'total':<28} predicted {sum(predicted):10.1f} µs  measured "
+            f"{sum(m for _, m in rows.values()):10.1f} µs"
+        )
+    if args.runtime == "onnxruntime":
+        from prunekit.export import profile_onnxruntime
+
+        for line in profile_onnxruntime(model, shape, args.batch_sizes, threads, mode=args.mode):
+            console.print(line)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from prunekit.export import export_model_file
+
+    report = export_model_file(args.checkpoint, args.out, _data_spec(args), fmt=args.format)
+    print(
+        f"wrote {report.path} ({report.bytes:,} bytes, opset {report.opset}, {report.folded_batchnorms} "
+        f"BatchNorms folded, dynamic batch); onnxruntime matches PyTorch on real inputs at batch "
+        f"{', '.join(map(str, report.checked_batches))} (max |diff| {report.max_abs_diff:.2e})"
+    )
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from prunekit.compare import (
+        CompareSpec,
+        parse_floats,
+        parse_method_options,
+        parse_methods,
+        parse_seeds,
+        run_compare,
+    )
+
+    finetune = _stage_config(args, "finetune")
+    spec = CompareSpec(
+        parse_methods(args.methods),
+        parse_floats(args.budget, "--budget"),
+        finetune,
+        seeds=parse_seeds(args.seeds),
+        sparsify_epochs=args.sparsify_epochs,
+        calib_images=args.calib_images,
+        latency_batches=args.latency_batches,
+        method_options=parse_method_options(args.option),
+    )
+    train = dataclasses.replace(_train_config(args), epochs=args.epochs) if args.epochs else None
+    result = run_compare(
+        args.model,
+        _data_spec(args),
+        spec,
+        args.out,
+        train=train,
+        model_kwargs={"shortcut": args.shortcut} if args.shortcut else None,
+        device=args.device,
+        threads=args.threads,
+        overwrite=args.overwrite,
+        resume=args.resume,
+    )
+    for row, error in result.failed.items():
+        print(f"prunekit: warning: {row} failed: {error}", file=sys.stderr)
+    print(f"{len(result.rows)} method rows, {len(result.failed)} failed → {args.out}/compare.md")
     return 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from prunekit.demo import run_demo
 
-    run_demo(out=Path(args.out), epochs=args.epochs, finetune_epochs=args.finetune_epochs, seed=args.seed)
+    run_demo(
+        out=Path(args.out),
+        epochs=args.epochs,
+        finetune_epochs=args.finetune_epochs,
+        seed=args.seed,
+        overwrite=args.overwrite,
+        threads=args.threads,
+    )
     return 0
 
 
@@ -573,7 +798,7 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
     p.add_argument("--arch", help="zoo architecture, e.g. resnet56 (see `prunekit list models`)")
     p.add_argument("--shortcut", choices=["A", "B"], help="CIFAR ResNet shortcut option (default A)")
     p.add_argument("--out", default="runs/train", help="run folder to write")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    _add_run_folder_args(p, resume=True)
     p.add_argument(
         "--config",
         help="YAML file of option: value, keyed by the long option names (weight_decay: 1e-4); "
@@ -590,7 +815,7 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
     p.add_argument("--teacher", help="model.safetensors of a teacher for knowledge distillation")
     _add_data_args(p)
     _add_train_args(p)
-    p.set_defaults(func=cmd_train, config_parser=p)
+    p.set_defaults(func=cmd_train, config_parser=p, resume_parser=p)
 
     methods = "pruning method"
     if explain:
@@ -632,6 +857,22 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
         metavar="F",
         help="element-wise methods: keep this fraction of nonzero weights (searched)",
     )
+    sel.add_argument(
+        "--target-latency",
+        type=float,
+        metavar="F",
+        help="keep this fraction of the dense deployed latency at the first --latency-batches size and "
+        "--threads (per-layer lookup table, then measured)",
+    )
+    sel.add_argument(
+        "--speedup-latency", type=float, metavar="S", help="measured-latency speed-up to reach (= 1 / F)"
+    )
+    p.add_argument(
+        "--round-to",
+        metavar="N|auto",
+        help="kept widths are multiples of N (auto: the multiple this machine runs fastest, measured once "
+        "and cached)",
+    )
     p.add_argument(
         "--calib-images",
         type=int,
@@ -647,7 +888,14 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
         "--finetune-epochs", type=int, metavar="N", default=0, help="fine-tuning epochs after pruning"
     )
     p.add_argument("--finetune-lr", type=float, metavar="F", help="lr of the fine-tune stage (default: --lr)")
+    p.add_argument("--teacher", help="model.safetensors to distil from while fine-tuning (e.g. the dense)")
+    p.add_argument(
+        "--allow-noop",
+        action="store_true",
+        help="accept a pruning that removes nothing (else it is an error saying what to change)",
+    )
     p.add_argument("--out", default="runs/prune", help="run folder to write")
+    _add_run_folder_args(p, resume=False)
     p.add_argument(
         "--latency-batches",
         type=_csv_ints,
@@ -666,9 +914,10 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
         formatter_class=fmt,
         epilog="example:\n  prunekit finetune runs/p/model.safetensors --epochs 30 --lr 0.01 --out runs/ft\n",
     )
-    p.add_argument("checkpoint", help="model.safetensors written by prunekit")
+    p.add_argument("checkpoint", nargs="?", help="model.safetensors written by prunekit (not with --resume)")
     p.add_argument("--out", default="runs/finetune", help="run folder to write")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument("--teacher", help="model.safetensors to distil from (knowledge distillation)")
+    _add_run_folder_args(p, resume=True)
     p.add_argument(
         "--latency-batches",
         type=_csv_ints,
@@ -678,7 +927,7 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
     )
     _add_data_args(p)
     _add_train_args(p, defaults={"lr": FINETUNE_LR})
-    p.set_defaults(func=cmd_finetune)
+    p.set_defaults(func=cmd_finetune, resume_parser=p)
 
     p = sub.add_parser(
         "run",
@@ -697,6 +946,7 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
     p.add_argument("--limit-train", type=int, metavar="N", help="use only the first N training images")
     p.add_argument("--limit-test", type=int, metavar="N", help="use only the first N test images")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    _add_run_folder_args(p, resume=False)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser(
@@ -710,8 +960,39 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
         nargs="+",
         help="run folders (train, prune, finetune or recipe runs); the first is the reference",
     )
-    p.add_argument("--out", help="write report.md and accuracy_vs_macs.png here")
+    p.add_argument("--out", help="write report.md and accuracy_vs_cost.png here")
+    p.add_argument(
+        "--measure",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="re-time every run's model interleaved in this process (default: when all model files are "
+        "here); --no-measure shows the latencies each run recorded in its own process",
+    )
+    p.add_argument(
+        "--latency-batches", type=_csv_ints, metavar="N,N", help="batch sizes to time (default: the runs')"
+    )
+    p.add_argument("--threads", type=int, default=1, help="CPU threads while re-timing")
+    p.add_argument("--repeats", type=int, default=50, help="timed forwards per model and batch size")
     p.set_defaults(func=cmd_report)
+
+    from prunekit.import_sources import SOURCES, epilog
+
+    p = sub.add_parser(
+        "import",
+        help="turn a checkpoint released with a paper's code into a prunekit model file",
+        formatter_class=fmt,
+        epilog=epilog(),
+    )
+    p.add_argument("checkpoint", help="the released file (.pth, .pt, .pth.tar; read with weights_only=True)")
+    p.add_argument("--from", dest="source", required=True, choices=list(SOURCES), help="whose code saved it")
+    p.add_argument("--arch", required=True, help="zoo architecture (see `prunekit list models`)")
+    p.add_argument("--out", required=True, help="model file to write (.safetensors)")
+    p.add_argument("--data", help="dataset the checkpoint was trained on, recorded for later commands")
+    p.add_argument(
+        "--no-normalize", action="store_true", help="its inputs were pixels in [0, 1] (ToTensor only)"
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=cmd_import)
 
     p = sub.add_parser(
         "eval",
@@ -737,7 +1018,9 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
     p.add_argument(
         "--batch-sizes", type=_csv_ints, metavar="N,N", default=(1, 64), help="batch sizes to time"
     )
-    p.add_argument("--threads", type=int, default=1, help="CPU threads while timing")
+    p.add_argument(
+        "--threads", type=int, metavar="N", help="CPU threads while timing (default: the idle physical cores)"
+    )
     p.add_argument(
         "--mode",
         default="freeze",
@@ -745,7 +1028,77 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
         help="deployed form to time (default: BN folded + torch.jit.freeze)",
     )
     p.add_argument("--layers", action="store_true", help="print the per-layer table")
+    p.add_argument(
+        "--latency-table",
+        action="store_true",
+        help="per conv/linear layer: the latency lookup table's prediction (cached, as the latency budget "
+        "uses it) beside the time measured inside the model, at the first batch size",
+    )
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        choices=["torch", "onnxruntime"],
+        help="onnxruntime: also export to ONNX and time it in onnxruntime beside the PyTorch deployed form "
+        "(needs prunekit[onnx])",
+    )
     p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser(
+        "export",
+        help="export a model file to ONNX (BN folded, dynamic batch), checked against PyTorch first",
+        formatter_class=fmt,
+        epilog="example:\n  prunekit export runs/prune/model.safetensors --format onnx --out m.onnx\n",
+    )
+    p.add_argument("checkpoint", help="model.safetensors written by prunekit")
+    p.add_argument("--format", default="onnx", choices=["onnx"], help="output format")
+    p.add_argument("--out", required=True, help="file to write (e.g. m.onnx), atomically")
+    p.add_argument(
+        "--batch-size", type=int, default=8, help="real test images the ONNX outputs are checked on"
+    )
+    _add_data_args(p)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
+        "compare",
+        help="every method at the same MAC budget from one dense model, same fine-tuning, several seeds",
+        formatter_class=fmt,
+        epilog="examples:\n  prunekit compare --model resnet20 --data cifar10 --epochs 160 --budget 0.5 "
+        "--methods all --seeds 3 --finetune-epochs 40 --out runs/cmp\n"
+        "  prunekit compare --model runs/dense/model.safetensors --budget 0.5,0.25 --methods l1,random "
+        "--finetune-epochs 10 --out runs/cmp\n"
+        "An interrupted compare continues with --resume (finished rows are kept).",
+    )
+    p.add_argument("--model", required=True, help="a dense model file, or a zoo architecture to train first")
+    p.add_argument("--methods", default="all", help="'all' or a comma list (`prunekit list methods`)")
+    p.add_argument("--budget", default="0.5", help="fractions of the dense MACs, comma-separated: 0.5,0.25")
+    p.add_argument("--seeds", default="1", help="a count (3: seeds 0,1,2) or a list (0,5,9)")
+    p.add_argument("--epochs", type=int, metavar="N", help="train the dense --model architecture N epochs")
+    p.add_argument("--shortcut", choices=["A", "B"], help="CIFAR ResNet shortcut option of a trained --model")
+    p.add_argument(
+        "--sparsify-epochs", type=int, metavar="N", help="length of every regulariser's sparsify stage "
+        "(default: each method's own schedule)"
+    )  # fmt: skip
+    p.add_argument("--finetune-epochs", type=int, metavar="N", default=10, help="the same fine-tune for all")
+    p.add_argument("--finetune-lr", type=float, default=FINETUNE_LR, help="fine-tuning learning rate")
+    p.add_argument(
+        "--calib-images", type=int, metavar="N", help="calibration images (default: each method's)"
+    )
+    p.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="METHOD.KEY=VALUE",
+        help="one method's option over its default schedule's, repeatable "
+        "(see prunekit prune --method M --help)",
+    )
+    p.add_argument(
+        "--latency-batches", type=_csv_ints, default=(1, 64), metavar="N,N", help="batch sizes timed"
+    )
+    p.add_argument("--out", required=True, help="folder of the comparison (one run folder per row inside)")
+    _add_data_args(p)
+    _add_train_args(p, skip=("epochs",))
+    _add_run_folder_args(p, resume=True)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(
         "demo",
@@ -759,6 +1112,7 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
         "--finetune-epochs", type=int, metavar="N", default=3, help="fine-tuning epochs after each pruning"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the whole demo")
+    _add_run_folder_args(p, resume=False)
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser(
@@ -780,8 +1134,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "func", None):
             parser.print_help()
             return 2
-        if getattr(args, "config_parser", None) is not None:
-            _apply_yaml_config(args.config_parser, args, argv[argv.index(args.command) + 1 :])
+        command_argv = argv[argv.index(args.command) + 1 :]
+        if getattr(args, "resume", False):
+            _apply_resume(args.resume_parser, args, command_argv)
+        elif getattr(args, "config_parser", None) is not None:
+            _apply_yaml_config(args.config_parser, args, command_argv)
         return int(args.func(args) or 0)
     except PrunekitError as exc:
         print(f"prunekit: error: {exc}", file=sys.stderr)
@@ -789,6 +1146,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("prunekit: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # a bug, not the user's doing: one line that says so and where
+        if os.environ.get("PRUNEKIT_TRACEBACK"):
+            raise
+        print(f"prunekit: error: {_internal_error(exc)}", file=sys.stderr)
+        return 2
+
+
+def _internal_error(exc: Exception) -> str:
+    """One line for an exception prunekit did not expect: what, where, and how to report it."""
+    text = (str(exc).strip().splitlines() or [""])[0]
+    frame = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
+    where = f" at {Path(frame.filename).name}:{frame.lineno}" if frame else ""
+    return (
+        f"internal error ({type(exc).__name__}{where}: {text}); this is a prunekit bug or an unsupported "
+        "model — please report it with the command line (PRUNEKIT_TRACEBACK=1 shows the traceback)"
+    )
 
 
 if __name__ == "__main__":

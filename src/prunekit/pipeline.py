@@ -10,6 +10,9 @@ import copy
 import dataclasses
 import math
 import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,22 +21,29 @@ import torch
 from torch import nn
 
 from prunekit import model_file
-from prunekit.data import build_loaders
-from prunekit.errors import ConfigError
+from prunekit.data import build_loaders, list_datasets
+from prunekit.errors import ConfigError, unknown_name
 from prunekit.measure import CONVENTION, compare_latency, cost, sparsity_report
 from prunekit.methods import Method, Pruned, Selection, Stage, create_method, meet
-from prunekit.models import create, default_input_shape
+from prunekit.methods.alignment import deployment_selection
+from prunekit.methods.base import prunable_groups
+from prunekit.models import create, default_input_shape, model_entry
 from prunekit.models.probe import evaluating
 from prunekit.report import RunFolder, comparison_markdown, plot_curves, plot_widths
+from prunekit.report.run_folder import open_run
 from prunekit.report.tables import ComparisonRow
-from prunekit.surgery import attach, record_masks
+from prunekit.surgery import LowRankConv2d, attach, record_masks
 from prunekit.train import TrainConfig, evaluate, fit
 from prunekit.train.distributed import DistInfo, cleanup, init_distributed
+from prunekit.train.threads import use_threads
 
 
 @dataclass
 class DataSpec:
-    name: str
+    """A run's data. `name=None` (and `normalize=None`, empty `options`) mean: what the model file records,
+    for runs that start from one (`prune`, `finetune`, `eval`); every other field acts either way."""
+
+    name: str | None = None
     root: str | None = None
     download: bool = True
     batch_size: int = 128
@@ -41,11 +51,26 @@ class DataSpec:
     limit_train: int | None = None
     limit_test: int | None = None
     seed: int = 0
-    normalize: bool = True  # False: pixels in [0, 1], as scripts that use only ToTensor()
+    normalize: bool | None = None  # False: pixels in [0, 1], as scripts that use only ToTensor(); None: True
     options: dict[str, Any] = field(default_factory=dict)  # dataset keywords (e.g. synthetic shape)
+
+    def check(self) -> None:
+        """Everything that can be checked without reading data, so a typo fails before any work."""
+        if self.name is not None and self.name not in list_datasets():
+            raise unknown_name("dataset", self.name, list_datasets())
+        for flag, value in (
+            ("--batch-size", self.batch_size),
+            ("--eval-batch-size", self.eval_batch_size),
+            ("--limit-train", self.limit_train),
+            ("--limit-test", self.limit_test),
+        ):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ConfigError(f"{flag} must be a whole number ≥ 1, got {value!r}")
 
     def loaders(self, device: torch.device, *, rank: int = 0, world_size: int = 1) -> tuple[Any, Any, Any]:
         """(train loader, test loader, train split) of this dataset on `device`."""
+        if self.name is None:
+            raise ConfigError("no dataset: pass --data (the model file records none)")
         return build_loaders(
             self.name,
             self.batch_size,
@@ -58,20 +83,71 @@ class DataSpec:
             eval_batch_size=self.eval_batch_size,
             limit_train=self.limit_train,
             limit_test=self.limit_test,
-            normalize=self.normalize,
+            normalize=self.normalize is not False,
             **self.options,
         )
 
     def recorded(self) -> dict[str, Any]:
         """What a model file records about its data, so later runs take the same dataset and inputs."""
-        return {"dataset": self.name, "normalize": self.normalize}
+        return {"dataset": self.name, "normalize": self.normalize is not False, "data_options": self.options}
+
+    def for_model(self, info: dict[str, Any], path: str | Path) -> DataSpec:
+        """This spec with what it leaves open taken from a model file's info: the dataset, its keywords
+        (e.g. a synthetic shape, else the recorded input shape) and the normalisation."""
+        name = self.name or info.get("dataset")
+        if not name:
+            raise ConfigError(f"{path} does not record its dataset; pass --data")
+        options = dict(self.options)
+        if not options and name == info.get("dataset"):
+            options = dict(info.get("data_options") or {})
+            if name == "synthetic" and not options and info.get("input_shape"):
+                options = {"shape": tuple(info["input_shape"])}
+        normalize = self.normalize if self.normalize is not None else bool(info.get("normalize", True))
+        return dataclasses.replace(self, name=name, options=options, normalize=normalize)
 
     @classmethod
     def of_checkpoint(cls, info: dict[str, Any], path: str | Path) -> DataSpec:
         """The dataset a model file was trained on, as recorded in its info."""
-        if not info.get("dataset"):
-            raise ConfigError(f"{path} does not record its dataset; pass --data")
-        return cls(info["dataset"], normalize=info.get("normalize", True))
+        return cls().for_model(info, path)
+
+
+def check_latency_batches(batches: tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """Batch sizes to time (none: no timing, as the demo's per-method runs); each at least one."""
+    if any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in batches):
+        shown = ",".join(map(str, batches))
+        raise ConfigError(f"--latency-batches must be batch sizes ≥ 1, e.g. 1,64; got {shown}")
+    return tuple(batches)
+
+
+def load_teacher(path: str | Path | None, device: torch.device | str = "cpu") -> nn.Module | None:
+    """The distillation teacher (a prunekit model file), checked before any data is read."""
+    if path is None:
+        return None
+    return model_file.load(path, device=device).eval()
+
+
+@contextmanager
+def run_warnings(into: list[str]) -> Iterator[None]:
+    """The run's warning channel: prunekit's own warnings raised during a run (HRank's calibration
+    shortfall, a lowered coupled ratio, ...) are collected into `into`, once each, for the summary and the
+    CLI, instead of Python's `file:line: UserWarning` lines; other libraries' warnings pass through."""
+    package = str(Path(__file__).resolve().parent)
+    original = warnings.showwarning
+    passed: set[tuple[type, str]] = set()
+
+    def show(message: Any, category: type, filename: str, lineno: int, file: Any = None, line: Any = None):
+        text = str(message)
+        if str(Path(filename).resolve()).startswith(package):
+            if text not in into:
+                into.append(text)
+        elif (category, text) not in passed:  # "always" below: other libraries' repeats shown once
+            passed.add((category, text))
+            original(message, category, filename, lineno, file, line)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")  # a warning given before this run (same process) is given again
+        warnings.showwarning = show
+        yield
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -111,9 +187,11 @@ def train_run(
     *,
     model_kwargs: dict[str, Any] | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     device: str | None = None,
     teacher_path: str | None = None,
     latency_batches: tuple[int, ...] = (1,),
+    threads: int | None = None,
     progress: bool | None = None,
     config_record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -132,9 +210,11 @@ def train_run(
             dist,
             model_kwargs=model_kwargs,
             resume=resume,
+            overwrite=overwrite,
             device=device,
             teacher_path=teacher_path,
             latency_batches=latency_batches,
+            threads=threads,
             progress=progress,
             config_record=config_record,
         )
@@ -153,13 +233,24 @@ def _train_run(
     *,
     model_kwargs: dict[str, Any] | None,
     resume: bool,
+    overwrite: bool,
     device: str | None,
     teacher_path: str | None,
     latency_batches: tuple[int, ...],
+    threads: int | None,
     progress: bool | None,
     config_record: dict[str, Any] | None,
 ) -> dict[str, Any]:
+    # Everything a user can get wrong is checked before the data is read or the folder touched.
+    threads = use_threads(threads)
+    latency_batches = check_latency_batches(latency_batches)
+    model_entry(arch)
+    if data.name is None:
+        raise ConfigError("--data is required (e.g. --data cifar10)")
+    data.check()
+    run = open_run(out, overwrite=overwrite, resume=resume) if dist.is_main else None
     dev = dist.device if dist.world_size > 1 else resolve_device(device)
+    teacher = load_teacher(teacher_path, dev)
     train_loader, val_loader, train_set = data.loaders(dev, rank=dist.rank, world_size=dist.world_size)
     shape = input_shape_of(train_set)
     kwargs = {"num_classes": train_set.num_classes, "in_channels": shape[0], **(model_kwargs or {})}
@@ -171,69 +262,77 @@ def _train_run(
     torch.manual_seed(cfg.seed)  # the initial weights are part of the run: same seed, same model
     model = create(arch, **kwargs)
     check_runs_on(model, shape, f"{arch} on {data.name}")
-    teacher = model_file.load(teacher_path, device=dev).eval() if teacher_path else None
-    run = RunFolder(out, exist_ok=True) if dist.is_main else None
-    if run is not None:
-        run.write_config(
-            {
-                **(config_record or {}),
-                "arch": arch,
-                "model_kwargs": dict(model_kwargs or {}),
-                "data": _plain(dataclasses.asdict(data)),
-                "train": cfg.to_dict(),
-                "teacher": teacher_path,
-            }
+    config = {
+        **(config_record or {}),
+        "arch": arch,
+        "model_kwargs": dict(model_kwargs or {}),
+        "data": _plain(dataclasses.asdict(data)),
+        "train": cfg.to_dict(),
+        "teacher": teacher_path,
+        "threads": threads,
+    }
+    warned: list[str] = []
+    with run.recording(config, resume=resume) if run else nullcontext(), run_warnings(warned):
+        started = time.time()
+        result = fit(
+            model,
+            train_loader,
+            val_loader,
+            cfg,
+            teacher=teacher,
+            run_dir=run.path if run else None,
+            resume=resume,
+            progress=progress,
+            device=dev,
+            dist=dist,
         )
-    started = time.time()
-    result = fit(
-        model,
-        train_loader,
-        val_loader,
-        cfg,
-        teacher=teacher,
-        run_dir=run.path if run else None,
-        resume=resume,
-        progress=progress,
-        device=dev,
-        dist=dist,
-    )
-    if run is None:
-        return {}
-    model = model.to("cpu").eval()
-    measured = measure_model(model, shape, latency_batches)
-    summary = RunSummary(
-        "train",
-        data.name,
-        list(shape),
-        time.time() - started,
-        arch=arch,
-        top1=result.final_top1,
-        best_top1=result.best_top1,
-        epochs=result.epochs_run,
-        measured=measured,
-    )
-    row = ComparisonRow(arch, result.final_top1, measured["params"], measured["macs"], measured["latency_ms"])
-    return finish_run(
-        run,
-        model,
-        summary,
-        info={
-            "top1": result.final_top1,
-            "macs": measured["macs"],
-            **data.recorded(),
-            "input_shape": list(shape),
-        },
-        title=f"Training run: {arch} on {data.name}",
-        rows=[row],
-        history=run.read_log() or list(result.history),
-        curves_title=f"{arch} on {data.name}",
-    )
+        if run is None:
+            return {}
+        model = model.to("cpu").eval()
+        measured = measure_model(model, shape, latency_batches, threads)
+        summary = RunSummary(
+            "train",
+            data.name,
+            list(shape),
+            time.time() - started,
+            arch=arch,
+            top1=result.final_top1,
+            best_top1=result.best_top1,
+            epochs=result.epochs_run,
+            measured=measured,
+            threads=threads,
+            warnings=warned,
+        )
+        row = ComparisonRow(
+            arch, result.final_top1, measured["params"], measured["macs"], measured["latency_ms"]
+        )
+        return finish_run(
+            run,
+            model,
+            summary,
+            info={
+                "top1": result.final_top1,
+                "macs": measured["macs"],
+                **data.recorded(),
+                "input_shape": list(shape),
+            },
+            title=f"Training run: {arch} on {data.name}",
+            rows=[row],
+            history=run.read_log() or list(result.history),
+            curves_title=f"{arch} on {data.name}",
+        )
 
 
-def evaluate_checkpoint(path: str, data: DataSpec, device: str | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(path: str, data: DataSpec | None = None, device: str | None = None) -> dict[str, Any]:
+    """Test-split metrics of a model file; the dataset, its keywords and the normalisation default to what
+    the file records."""
+    data = data or DataSpec()
+    data.check()
     dev = resolve_device(device)
     model = model_file.load(path, device=dev)
-    _, val_loader, _ = dataclasses.replace(data, limit_train=1).loaders(dev)
+    data = data.for_model(model.prunekit_info, path)
+    _, val_loader, train_set = dataclasses.replace(data, limit_train=1).loaders(dev)
+    check_runs_on(model.to("cpu"), input_shape_of(train_set), f"{path} on {data.name}")
     return evaluate(model, val_loader, device=dev)
 
 
@@ -247,9 +346,12 @@ def load_for_profile(
         if not shape:
             arch = model.prunekit_arch
             shape = default_input_shape(arch["name"], arch["kwargs"].get("in_channels"))
-        return model, tuple(shape)  # type: ignore[return-value]
-    model = create(target)
-    return model, tuple(input_shape) if input_shape else default_input_shape(target)  # type: ignore[return-value]
+    else:
+        model = create(target)
+        shape = tuple(input_shape) if input_shape else default_input_shape(target)
+    if input_shape:
+        check_runs_on(model, tuple(shape), f"{target} with --input-shape")  # type: ignore[arg-type]
+    return model, tuple(shape)  # type: ignore[return-value]
 
 
 def _report_md(title: str, rows: list[ComparisonRow], summary: RunSummary, plots: list[str]) -> str:
@@ -285,9 +387,17 @@ class RunSummary:
     sparsity: dict[str, Any] | None = None
     budget: dict[str, Any] | None = None
     method_details: dict[str, Any] = field(default_factory=dict)
+    layers: dict[str, list[str]] | None = None  # prune: the layers eligible for pruning and those pruned
+    threads: int | None = None  # CPU threads of training and timing
+    warnings: list[str] = field(default_factory=list)  # the run's warning channel
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"kind": self.kind, "dataset": self.dataset, "input_shape": self.input_shape}
+        out: dict[str, Any] = {
+            "status": "complete",
+            "kind": self.kind,
+            "dataset": self.dataset,
+            "input_shape": self.input_shape,
+        }
         if self.kind == "prune":
             out |= {
                 "method": self.method,
@@ -300,6 +410,7 @@ class RunSummary:
                 "widths_after": self.widths_after,
                 "sparsity": self.sparsity,
                 "budget": self.budget,
+                "layers": self.layers,
             }
             if self.method_details:
                 out[str(self.method)] = self.method_details
@@ -307,6 +418,8 @@ class RunSummary:
             out |= {k: v for k, v in (("arch", self.arch), ("source", self.source)) if v is not None}
             out |= {"top1": self.top1, "best_top1": self.best_top1, "epochs": self.epochs, **self.measured}
         out["wall_time_s"] = self.wall_time_s
+        out["threads"] = self.threads
+        out["warnings"] = list(self.warnings)
         return out
 
 
@@ -321,14 +434,19 @@ def finish_run(
     history: list[dict[str, Any]],
     curves_title: str,
     widths: tuple[dict[str, int], dict[str, int]] | None = None,
+    start_top1: float | None = None,
 ) -> dict[str, Any]:
-    """The one tail of every run: model file, plots, summary.json and report.md; returns the summary."""
+    """The one tail of every run: model file, plots, summary.json and report.md; returns the summary.
+    `start_top1`: the validation top-1 before the first epoch (right after pruning), drawn on the curves."""
     model_file.save(model, run.file("model.safetensors"), info=info)
     plots = []
     if widths is not None:
-        plots.append(plot_widths(*widths, run.file("widths.png"), title=f"{title}: output channels").name)
+        ranks = layer_ranks(model)
+        what = "output channels and ranks" if ranks else "output channels"
+        plots.append(plot_widths(*widths, run.file("widths.png"), title=f"{title}: {what}", ranks=ranks).name)
     if history:
-        plots.append(plot_curves(history, run.file("curves.png"), title=curves_title).name)
+        curves = plot_curves(history, run.file("curves.png"), title=curves_title, start_top1=start_top1)
+        plots.append(curves.name)
     record = summary.to_dict()
     run.write_summary(record)
     run.write_text("report.md", _report_md(title, rows, summary, plots))
@@ -351,21 +469,28 @@ class PruneSpec:
     speedup: float | None = None
     target_density: float | None = None
     calib_images: int | None = None  # None: what the method asks for (`Method.calib_images`)
+    target_latency: float | None = None
+    speedup_latency: float | None = None
+    round_to: int | str | None = None  # kept widths multiples of it; "auto": measured on this machine
 
-    def selection(self) -> Selection | None:
-        return Selection.of(
+    def selection(self, threads: int = 1, batch_size: int = 1) -> Selection | None:
+        """The selection; a latency budget is stated at `batch_size` and `threads`."""
+        selection = Selection.of(
             ratio=self.ratio,
             ratios=self.ratios,
             target_macs=self.target_macs,
             speedup=self.speedup,
             target_density=self.target_density,
+            target_latency=self.target_latency,
+            speedup_latency=self.speedup_latency,
         )
+        return deployment_selection(selection, self.round_to, threads, batch_size)
 
-    def build(self) -> Method:
+    def build(self, threads: int = 1, batch_size: int = 1) -> Method:
         """The configured method; every option and the selection are checked here, before any work."""
         if self.calib_images is not None and self.calib_images < 1:
             raise ConfigError(f"calib_images must be at least 1, got {self.calib_images}")
-        return create_method(self.method, self.selection(), **self.options)
+        return create_method(self.method, self.selection(threads, batch_size), **self.options)
 
 
 def build_method(
@@ -377,11 +502,23 @@ def build_method(
     speedup: float | None = None,
     target_density: float | None = None,
     options: dict[str, Any] | None = None,
+    target_latency: float | None = None,
+    speedup_latency: float | None = None,
+    round_to: int | str | None = None,
+    latency_batch: int = 1,
+    latency_threads: int = 1,
 ) -> Method:
     """A configured method: the selection is parsed once, here at the edge, and handed to the method."""
     selection = Selection.of(
-        ratio=ratio, ratios=ratios, target_macs=target_macs, speedup=speedup, target_density=target_density
+        ratio=ratio,
+        ratios=ratios,
+        target_macs=target_macs,
+        speedup=speedup,
+        target_density=target_density,
+        target_latency=target_latency,
+        speedup_latency=speedup_latency,
     )
+    selection = deployment_selection(selection, round_to, latency_threads, latency_batch)
     return create_method(method, selection, **(options or {}))
 
 
@@ -396,6 +533,11 @@ def prune(
     speedup: float | None = None,
     target_density: float | None = None,
     calib: torch.Tensor | None = None,
+    target_latency: float | None = None,
+    speedup_latency: float | None = None,
+    round_to: int | str | None = None,
+    latency_batch: int = 1,
+    latency_threads: int = 1,
     **options: Any,
 ) -> nn.Module:
     """One-shot pruning: `method` decides what goes, the surgery removes it; returns the smaller model.
@@ -404,7 +546,9 @@ def prune(
     `example_input` is used. Methods that train while pruning (a sparsify stage, HRank's layer-wise
     schedule) need a run (`prune_run` / `prunekit prune`); here a regulariser's plan is taken from the
     weights as they are, and a schedule that needs data is refused. Masks that remain are recorded on the
-    returned model (``model.prunekit_masks``)."""
+    returned model (``model.prunekit_masks``). `round_to` makes kept widths multiples of it ("auto":
+    measured here); `target_latency` / `speedup_latency` budget the deployed latency at `latency_batch`
+    and `latency_threads` (predicted by a lookup table, then measured)."""
     m = build_method(
         method,
         ratio=ratio,
@@ -413,6 +557,11 @@ def prune(
         speedup=speedup,
         target_density=target_density,
         options=options,
+        target_latency=target_latency,
+        speedup_latency=speedup_latency,
+        round_to=round_to,
+        latency_batch=latency_batch,
+        latency_threads=latency_threads,
     )
     calib = example_input if calib is None else calib
     m.prepare(model, calib)
@@ -432,12 +581,19 @@ def prune_stage(method: Method, model: nn.Module, calib: torch.Tensor, stage: St
 
 
 def layer_widths(model: nn.Module) -> dict[str, int]:
-    """Output channels of every conv and linear layer, by name."""
+    """Output channels of every conv and linear layer, by name; a factorised conv (`LowRankConv2d`) is one
+    layer under its own name, not its two factors (its rank is in `layer_ranks`)."""
+    factorised = tuple(f"{name}." for name, m in model.named_modules() if isinstance(m, LowRankConv2d))
     return {
-        name: m.out_channels if isinstance(m, nn.Conv2d) else m.out_features
+        name: m.out_features if isinstance(m, nn.Linear) else m.out_channels
         for name, m in model.named_modules()
-        if isinstance(m, (nn.Conv2d, nn.Linear))
+        if isinstance(m, (nn.Conv2d, nn.Linear, LowRankConv2d)) and not name.startswith(factorised)
     }
+
+
+def layer_ranks(model: nn.Module) -> dict[str, int]:
+    """The rank of every factorised conv, by name."""
+    return {name: m.rank for name, m in model.named_modules() if isinstance(m, LowRankConv2d)}
 
 
 def calibration_batch(loader: Any, n_images: int) -> torch.Tensor:
@@ -477,82 +633,139 @@ def prune_run(
     finetune: TrainConfig | None = None,
     device: str | None = None,
     latency_batches: tuple[int, ...] = (1,),
+    threads: int | None = None,
+    teacher_path: str | Path | None = None,
+    allow_noop: bool = False,
+    overwrite: bool = False,
     progress: bool | None = None,
     config_record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """build → prepare → sparsify → prune → fine-tune → measure, into run folder `out`."""
+    """build → prepare → sparsify → prune → fine-tune → measure, into run folder `out`.
+
+    A `teacher_path` distils into the fine-tuning. A method that removes nothing is an error (the run would
+    report an unchanged model as pruned) unless `allow_noop`."""
     started = time.time()
-    method = spec.build()
-    dense, data, train_loader, val_loader, shape, run, dev = _open_stage(checkpoint_path, data, out, device)
-    run.write_config(
-        {
-            **(config_record or {}),
-            "checkpoint": str(checkpoint_path),
-            "method": method.name,
-            "options": _plain(dataclasses.asdict(method.options)),
-            "selection": method.selection.spec if method.selection is not None else None,
-            "calib_images": spec.calib_images,
-            "data": _plain(dataclasses.asdict(data)),
-            "sparsify": sparsify.to_dict() if sparsify else None,
-            "finetune": finetune.to_dict() if finetune else None,
-        }
-    )
-    stage = Stage(train_loader, val_loader, finetune, run.path, dev, progress)
-    dense_eval = evaluate(dense, val_loader, device=dev)
-    model = copy.deepcopy(dense).to("cpu")  # `dense` stays the reference
-    calib = calibration_batch(train_loader, spec.calib_images or method.calib_images()).to("cpu")
-    method.prepare(model.eval(), calib)
-    model = sparsify_stage(method, model, stage, sparsify).to("cpu").eval()
-    pruned = prune_stage(method, model, calib, stage)
-    pruned_eval = evaluate(pruned.model, val_loader, device=dev)
-    final_top1, history = pruned_eval["top1"], []
-    if pruned.needs_finetune and finetune is not None and finetune.epochs > 0:
-        handle = attach(pruned.model, pruned.masks) if pruned.masks else None
-        result = stage.fit(pruned.model, hooks=[handle])
-        history, final_top1 = run.read_log() or list(result.history), result.final_top1
-    small = pruned.model.to("cpu").eval()
-    measured = compare_models({"dense": dense.to("cpu").eval(), "pruned": small}, shape, latency_batches)
-    summary = RunSummary(
-        "prune",
-        data.name,
-        list(shape),
-        time.time() - started,
-        method=method.name,
-        selection=method.selection.spec if method.selection is not None else None,
-        options=_plain(dataclasses.asdict(method.options)),
-        dense={"top1": dense_eval["top1"], **measured["dense"]},
-        pruned={"top1_before_finetune": pruned_eval["top1"], "top1": final_top1, **measured["pruned"]},
-        widths_before=layer_widths(model),
-        widths_after=layer_widths(small),
-        sparsity=sparsity_report(small).to_dict() if pruned.masks else None,
-        budget=dataclasses.asdict(pruned.budget) if pruned.budget is not None else None,
-        method_details=_plain(pruned.details),
-    )
-    rows = [
-        ComparisonRow("dense", dense_eval["top1"], *_cost_cells(measured["dense"])),
-        ComparisonRow(
-            method.name,
-            final_top1,
-            *_cost_cells(measured["pruned"]),
-            note=f"{pruned_eval['top1']:.2f} % before fine-tuning",
-        ),
-    ]
-    return finish_run(
-        run,
-        small,
-        summary,
-        info={
-            "top1": final_top1,
-            "macs": measured["pruned"]["macs"],
-            **data.recorded(),
-            "input_shape": list(shape),
-            "method": method.name,
-        },
-        title=f"Pruning run: {method.name}",
-        rows=rows,
-        history=history,
-        curves_title=f"fine-tuning after {method.name}",
-        widths=(summary.widths_before, summary.widths_after),
+    threads = use_threads(threads)
+    latency_batches = check_latency_batches(latency_batches)
+    # A latency budget is predicted and measured at the first batch size the run times.
+    method = spec.build(threads, latency_batches[0] if latency_batches else 1)
+    data = data or DataSpec()
+    data.check()
+    if teacher_path is not None and (finetune is None or finetune.epochs <= 0):
+        raise ConfigError("--teacher distils during fine-tuning; give --finetune-epochs N (N ≥ 1)")
+    run = open_run(out, overwrite=overwrite)
+    dense, data, train_loader, val_loader, shape, dev = _open_stage(checkpoint_path, data, device)
+    teacher = load_teacher(teacher_path, dev)
+    config = {
+        **(config_record or {}),
+        "checkpoint": str(checkpoint_path),
+        "method": method.name,
+        "options": _plain(dataclasses.asdict(method.options)),
+        "selection": method.selection.spec if method.selection is not None else None,
+        "calib_images": spec.calib_images,
+        "data": _plain(dataclasses.asdict(data)),
+        "sparsify": sparsify.to_dict() if sparsify else None,
+        "finetune": finetune.to_dict() if finetune else None,
+        "teacher": str(teacher_path) if teacher_path is not None else None,
+        "threads": threads,
+    }
+    warned: list[str] = []
+    with run.recording(config), run_warnings(warned):
+        stage = Stage(train_loader, val_loader, finetune, run.path, dev, progress, teacher)
+        dense_eval = evaluate(dense, val_loader, device=dev)
+        model = copy.deepcopy(dense).to("cpu")  # `dense` stays the reference
+        calib = calibration_batch(train_loader, spec.calib_images or method.calib_images()).to("cpu")
+        method.prepare(model.eval(), calib)
+        # The teacher distils into fine-tuning only: the sparsify stage trains against the labels.
+        sparse_stage = dataclasses.replace(stage, teacher=None)
+        model = sparsify_stage(method, model, sparse_stage, sparsify).to("cpu").eval()
+        pruned = prune_stage(method, model, calib, stage)
+        if not allow_noop:
+            check_removed_something(method, model, pruned)
+        pruned_eval = evaluate(pruned.model, val_loader, device=dev)
+        final_top1, history = pruned_eval["top1"], []
+        if pruned.needs_finetune and finetune is not None and finetune.epochs > 0:
+            handle = attach(pruned.model, pruned.masks) if pruned.masks else None
+            result = stage.fit(pruned.model, hooks=[handle])
+            history, final_top1 = run.read_log() or list(result.history), result.final_top1
+        small = pruned.model.to("cpu").eval()
+        measured = compare_models(
+            {"dense": dense.to("cpu").eval(), "pruned": small}, shape, latency_batches, threads
+        )
+        widths_before, widths_after = layer_widths(model), layer_widths(small)
+        summary = RunSummary(
+            "prune",
+            str(data.name),
+            list(shape),
+            time.time() - started,
+            method=method.name,
+            selection=method.selection.spec if method.selection is not None else None,
+            options=_plain(dataclasses.asdict(method.options)),
+            dense={"top1": dense_eval["top1"], **measured["dense"]},
+            pruned={"top1_before_finetune": pruned_eval["top1"], "top1": final_top1, **measured["pruned"]},
+            widths_before=widths_before,
+            widths_after=widths_after,
+            sparsity=sparsity_report(small).to_dict() if pruned.masks else None,
+            budget=dataclasses.asdict(pruned.budget) if pruned.budget is not None else None,
+            method_details=_plain(pruned.details),
+            layers={
+                "eligible": eligible_layers(model, calib[:1]),
+                "pruned": [name for name, w in widths_after.items() if widths_before.get(name, w) != w],
+            },
+            threads=threads,
+            warnings=warned,
+        )
+        rows = [
+            ComparisonRow("dense", dense_eval["top1"], *_cost_cells(measured["dense"])),
+            ComparisonRow(
+                method.name,
+                final_top1,
+                *_cost_cells(measured["pruned"]),
+                note=f"{pruned_eval['top1']:.2f} % before fine-tuning",
+            ),
+        ]
+        return finish_run(
+            run,
+            small,
+            summary,
+            info={
+                "top1": final_top1,
+                "macs": measured["pruned"]["macs"],
+                **data.recorded(),
+                "input_shape": list(shape),
+                "method": method.name,
+            },
+            title=f"Pruning run: {method.name}",
+            rows=rows,
+            history=history,
+            curves_title=f"fine-tuning after {method.name}",
+            widths=(summary.widths_before, summary.widths_after),
+            start_top1=pruned_eval["top1"],
+        )
+
+
+def eligible_layers(model: nn.Module, example: torch.Tensor) -> list[str]:
+    """The conv/linear layers whose output channels the surgery can remove (what a uniform ratio prunes)."""
+    return [name for group in prunable_groups(model, example) for name in group.members]
+
+
+def check_removed_something(method: Method, before: nn.Module, pruned: Pruned) -> None:
+    """A pruning run whose model is unchanged (same parameter count, no mask) is refused with the reason
+    and what to change: reporting it as pruned would be a silent no-op."""
+    count = sum(p.numel() for p in before.parameters())
+    if pruned.masks or sum(p.numel() for p in pruned.model.parameters()) != count:
+        return
+    hints = []
+    if type(method).needs_sparsify():
+        hints.append(
+            "train the regulariser longer or harder (--sparsify-epochs, or the strength options listed by "
+            f"`prunekit prune --method {method.name} --help`)"
+        )
+    hints.append("ask for more pruning (--ratio, --ratios, --target-macs or --speedup)")
+    hints.append("pass --allow-noop to keep the unchanged model")
+    raise ConfigError(
+        f"method {method.name!r} removed nothing: every layer kept all its channels and no weight was "
+        f"masked; {'; or '.join(hints)}"
     )
 
 
@@ -578,79 +791,94 @@ def finetune_run(
     out: str | Path,
     *,
     resume: bool = False,
+    overwrite: bool = False,
     device: str | None = None,
     latency_batches: tuple[int, ...] = (1,),
+    threads: int | None = None,
+    teacher_path: str | Path | None = None,
     progress: bool | None = None,
     config_record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune a (pruned) model file; masks stored in it are kept exactly zero."""
+    """Fine-tune a (pruned) model file; masks stored in it are kept exactly zero. A `teacher_path` distils
+    into the fine-tuning."""
     started = time.time()
-    model, data, train_loader, val_loader, shape, run, dev = _open_stage(checkpoint_path, data, out, device)
-    run.write_config(
-        {
-            **(config_record or {}),
-            "checkpoint": str(checkpoint_path),
-            "data": _plain(dataclasses.asdict(data)),
-            "train": cfg.to_dict(),
-        }
-    )
-    masks = getattr(model, "prunekit_masks", None)
-    handle = attach(model, masks) if masks else None
-    result = fit(
-        model,
-        train_loader,
-        val_loader,
-        cfg,
-        hooks=[handle],
-        run_dir=run.path,
-        resume=resume,
-        progress=progress,
-        device=dev,
-    )
-    model = model.to("cpu").eval()
-    measured = measure_model(model, shape, latency_batches)
-    summary = RunSummary(
-        "finetune",
-        data.name,
-        list(shape),
-        time.time() - started,
-        source=str(checkpoint_path),
-        top1=result.final_top1,
-        best_top1=result.best_top1,
-        epochs=result.epochs_run,
-        measured=measured,
-    )
-    row = ComparisonRow("fine-tuned", result.final_top1, *_cost_cells(measured))
-    return finish_run(
-        run,
-        model,
-        summary,
-        info={
-            **model.prunekit_info,
-            "top1": result.final_top1,
-            **data.recorded(),
-            "input_shape": list(shape),
-        },
-        title="Fine-tuning run",
-        rows=[row],
-        history=run.read_log() or list(result.history),
-        curves_title="fine-tuning",
-    )
+    threads = use_threads(threads)
+    latency_batches = check_latency_batches(latency_batches)
+    data = data or DataSpec()
+    data.check()
+    run = open_run(out, overwrite=overwrite, resume=resume)
+    model, data, train_loader, val_loader, shape, dev = _open_stage(checkpoint_path, data, device)
+    teacher = load_teacher(teacher_path, dev)
+    config = {
+        **(config_record or {}),
+        "checkpoint": str(checkpoint_path),
+        "data": _plain(dataclasses.asdict(data)),
+        "train": cfg.to_dict(),
+        "teacher": str(teacher_path) if teacher_path is not None else None,
+        "threads": threads,
+    }
+    warned: list[str] = []
+    with run.recording(config, resume=resume), run_warnings(warned):
+        masks = getattr(model, "prunekit_masks", None)
+        handle = attach(model, masks) if masks else None
+        result = fit(
+            model,
+            train_loader,
+            val_loader,
+            cfg,
+            hooks=[handle],
+            teacher=teacher,
+            run_dir=run.path,
+            resume=resume,
+            progress=progress,
+            device=dev,
+        )
+        model = model.to("cpu").eval()
+        measured = measure_model(model, shape, latency_batches, threads)
+        summary = RunSummary(
+            "finetune",
+            str(data.name),
+            list(shape),
+            time.time() - started,
+            source=str(checkpoint_path),
+            top1=result.final_top1,
+            best_top1=result.best_top1,
+            epochs=result.epochs_run,
+            measured=measured,
+            threads=threads,
+            warnings=warned,
+        )
+        row = ComparisonRow("fine-tuned", result.final_top1, *_cost_cells(measured))
+        return finish_run(
+            run,
+            model,
+            summary,
+            info={
+                **model.prunekit_info,
+                "top1": result.final_top1,
+                **data.recorded(),
+                "input_shape": list(shape),
+            },
+            title="Fine-tuning run",
+            rows=[row],
+            history=run.read_log() or list(result.history),
+            curves_title="fine-tuning",
+        )
 
 
 def _open_stage(
-    checkpoint_path: str | Path,
-    data: DataSpec | None,
-    out: str | Path,
-    device: str | None,
-) -> tuple[nn.Module, DataSpec, Any, Any, tuple[int, int, int], RunFolder, torch.device]:
-    """What a run that starts from a model file needs: the model (on CPU), its dataset (recorded in the
-    file unless given), the loaders, the per-image shape, the run folder and the device."""
+    checkpoint_path: str | Path, data: DataSpec, device: str | None
+) -> tuple[nn.Module, DataSpec, Any, Any, tuple[int, int, int], torch.device]:
+    """What a run that starts from a model file needs: the model (on CPU), its data (what the file records
+    where `data` leaves it open), the loaders, the per-image shape (checked against the model) and the
+    device."""
     dev = resolve_device(device)
     model = model_file.load(checkpoint_path, device="cpu")
-    data = data or DataSpec.of_checkpoint(model.prunekit_info, checkpoint_path)
+    data = data.for_model(model.prunekit_info, checkpoint_path)
     train_loader, val_loader, train_set = data.loaders(dev)
-    return model, data, train_loader, val_loader, input_shape_of(train_set), RunFolder(out), dev
+    shape = input_shape_of(train_set)
+    check_runs_on(model, shape, f"{checkpoint_path} on {data.name}")
+    return model, data, train_loader, val_loader, shape, dev
 
 
 def compare_models(
@@ -663,8 +891,15 @@ def compare_models(
     out: dict[str, dict[str, Any]] = {}
     for name, model in models.items():
         c = cost(model, shape)
-        out[name] = {"params": c.params, "macs": c.macs, "bn_params": c.bn_params, "latency_ms": {}}
+        out[name] = {
+            "params": c.params,
+            "macs": c.macs,
+            "bn_params": c.bn_params,
+            "latency_ms": {},
+            "latency_stats": {},
+        }
     for b in latency_batches:
         for name, res in compare_latency(models, shape, batch_size=b, threads=threads).items():
             out[name]["latency_ms"][b] = res.median_ms
+            out[name]["latency_stats"][b] = res.stats.to_record()
     return out

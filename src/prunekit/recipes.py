@@ -28,6 +28,7 @@ import yaml
 from prunekit.errors import ConfigError
 from prunekit.pipeline import DataSpec, PruneSpec, prune_run, train_run
 from prunekit.report import RunFolder
+from prunekit.report.run_folder import open_run
 from prunekit.train import TrainConfig
 
 _TOP_KEYS = {"name", "model", "data", "dense", "method", "sparsify", "finetune", "published"}
@@ -117,13 +118,42 @@ def run_recipe(
     download: bool = True,
     device: str | None = None,
     progress: bool | None = None,
+    overwrite: bool = False,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """dense (trained or given) → prune with the recipe's method → summary beside the published numbers."""
     if not 0 < epochs_scale <= 1:
         raise ConfigError(f"--epochs-scale must be in (0, 1], got {epochs_scale:g}")
     spec = PruneSpec(recipe.method, options=recipe.options)
     spec.build()  # a mistyped method or option fails now, not after the dense stage
-    run = RunFolder(out)
+    # So do the stages' keys and values, the data options and the run folder.
+    for stage in (recipe.dense if "epochs" in recipe.dense else None, recipe.finetune, recipe.sparsify):
+        if stage is not None:
+            stage_config(stage, epochs_scale)
+    if dense_checkpoint is not None:
+        check_dense(recipe, dense_checkpoint)
+    run = open_run(out, overwrite=overwrite)
+    with run.recording(None):
+        return _run_recipe(
+            recipe, run, spec, dense_checkpoint, data_root, epochs_scale, limit_train, limit_test, download,
+            device, progress, threads,
+        )  # fmt: skip
+
+
+def _run_recipe(
+    recipe: Recipe,
+    run: RunFolder,
+    spec: PruneSpec,
+    dense_checkpoint: str | Path | None,
+    data_root: str | None,
+    epochs_scale: float,
+    limit_train: int | None,
+    limit_test: int | None,
+    download: bool,
+    device: str | None,
+    progress: bool | None,
+    threads: int | None,
+) -> dict[str, Any]:
     data = DataSpec(
         recipe.data["dataset"],
         root=data_root,
@@ -133,6 +163,7 @@ def run_recipe(
         limit_test=limit_test,
         normalize=bool(recipe.data.get("normalize", True)),
     )
+    data.check()
     record = {
         "recipe": str(recipe.path),
         "name": recipe.name,
@@ -145,7 +176,8 @@ def run_recipe(
             source = recipe.dense.get("checkpoint") or recipe.dense.get("pretrained") or "a pretrained model"
             raise ConfigError(
                 f"recipe {recipe.name} starts from {source}'s pretrained baseline, which prunekit cannot "
-                "download; pass --dense PATH (a prunekit model file, e.g. from `prunekit train`)"
+                "download; pass --dense PATH (a prunekit model file: from `prunekit train`, or the authors' "
+                "checkpoint converted with `prunekit import`)"
             )
         dense_cfg = stage_config(recipe.dense, epochs_scale)
         dense_data = dataclasses.replace(data, batch_size=int(recipe.dense.get("batch_size", 128)))
@@ -156,6 +188,7 @@ def run_recipe(
             run.path / "dense",
             model_kwargs=recipe.model_kwargs,
             device=device,
+            threads=threads,
             progress=progress,
             config_record={**record, "stage": "dense", "train": dense_cfg.to_dict()},
         )
@@ -171,10 +204,12 @@ def run_recipe(
         sparsify=sparsify,
         finetune=finetune,
         device=device,
+        threads=threads,
         progress=progress,
         config_record={**record, "stage": "prune", "method": recipe.method, "options": recipe.options},
     )
     summary = {
+        "status": "complete",
         "kind": "recipe",
         "recipe": recipe.name,
         "epochs_scale": epochs_scale,
@@ -196,6 +231,36 @@ def run_recipe(
     run.write_summary(summary)
     run.write_text("report.md", _recipe_report(recipe, summary))
     return summary
+
+
+def check_dense(recipe: Recipe, path: str | Path) -> None:
+    """`--dense` must be a prunekit model file of the recipe's architecture; a checkpoint the authors
+    released becomes one with `prunekit import`. Checked before the run folder exists."""
+    from prunekit import model_file
+    from prunekit.errors import CheckpointError
+
+    try:
+        arch = model_file.read_metadata(path)["arch"] or {}
+    except CheckpointError as exc:
+        raise CheckpointError(
+            f"--dense: {exc}. A checkpoint released with a paper becomes a model file with `prunekit import "
+            f"{path} --from SOURCE --arch {recipe.arch} --out dense.safetensors`"
+        ) from None
+    if arch.get("name") != recipe.arch:
+        raise ConfigError(
+            f"recipe {recipe.name} prunes {recipe.arch}, but --dense {path} holds "
+            f"{arch.get('name') or 'a user model'}"
+        )
+    kwargs = arch.get("kwargs") or {}
+    clash = [
+        f"{k}: recipe {v!r}, file {kwargs[k]!r}"
+        for k, v in recipe.model_kwargs.items()
+        if k in kwargs and kwargs[k] != v
+    ]
+    if clash:
+        raise ConfigError(
+            f"--dense {path} was built differently from recipe {recipe.name}: {'; '.join(clash)}"
+        )
 
 
 def _recipe_report(recipe: Recipe, summary: dict[str, Any]) -> str:

@@ -156,7 +156,8 @@ def _missing_error(
     where = f" (or the archive {archive})" if archive else ""
     return DataError(
         f"dataset {name!r} ({split}): missing {', '.join(missing)} in {folder}{where}. "
-        f"Run with --download (download=True) to fetch and verify it, or download {' '.join(urls)} into "
+        "Run without --no-download (download=True in Python) to fetch and verify it, or download "
+        f"{' '.join(urls)} into "
         f"{folder.parent if archive else folder} yourself; "
         f"set --data-root or ${DATA_ENV} to use another folder"
     )

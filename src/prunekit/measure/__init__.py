@@ -14,7 +14,14 @@ from prunekit.measure.conventions import (
 from prunekit.measure.cost import CONVENTION, Cost, LayerCost, cost
 from prunekit.measure.deployment import deploy, fold_batchnorm
 from prunekit.measure.sparsity import LayerSparsity, SparsityReport, sparsity_report
-from prunekit.measure.timing import LatencyResult, compare_latency, latency
+from prunekit.measure.timing import (
+    LatencyResult,
+    LatencyStats,
+    Speedup,
+    compare_latency,
+    latency,
+    speedup,
+)
 
 __all__ = [
     "CONVENTION",
@@ -22,9 +29,11 @@ __all__ = [
     "Cost",
     "Counter",
     "LatencyResult",
+    "LatencyStats",
     "LayerCost",
     "LayerSparsity",
     "SparsityReport",
+    "Speedup",
     "compare_latency",
     "cost",
     "counter",
@@ -35,6 +44,7 @@ __all__ = [
     "hrank_params",
     "latency",
     "sparsity_report",
+    "speedup",
     "thop_flops",
     "thop_params",
 ]

@@ -102,6 +102,16 @@ def flops_2x(model: nn.Module, input_shape: Sequence[int] | None = None) -> int:
     return 2 * _cost(model, input_shape).macs
 
 
+def trp_flops(model: nn.Module, input_shape: Sequence[int] | None = None) -> int:
+    """TRP's `show_low_rank` (its README "FLOPs speed-up" column, specs/trp.md §8.1): conv
+    multiply-accumulates only; the classifier, BN, pooling and additions count 0, and a decomposed conv
+    counts its two factor convs. ResNet-20 option B: 40,812,544. The release charges a VH factor pair
+    (c·kh + n·kw)·r per output position; we count the vertical factor at its own (input) width, which is
+    the same number for the stride-1 padded convs it decomposes and the deployed cost otherwise."""
+    c = _cost(model, input_shape)
+    return sum(r.macs for r in c.layers if r.type in _CONV_TYPES or r.type == "LowRankConv2d")
+
+
 @dataclass(frozen=True)
 class Counter:
     """A paper's pair of counters, looked up by name (e.g. `--counter hrank`)."""
@@ -118,6 +128,7 @@ COUNTERS: dict[str, Counter] = {
         Counter("hrank", hrank_flops, hrank_params, "HRank (CVPR 2020) tables"),
         Counter("thop", thop_flops, thop_params, "HRankPlus and thop-based papers"),
         Counter("flops_2x", flops_2x, hrank_params, "TPP (ICLR 2023), GReg (ICLR 2021)"),
+        Counter("trp", trp_flops, thop_params, "TRP (IJCAI 2020) README: conv MACs, all parameters"),
     )
 }
 

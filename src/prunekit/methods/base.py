@@ -27,8 +27,8 @@ from torch import Tensor, nn
 from prunekit.errors import ConfigError, PrunekitError, unknown_name
 from prunekit.methods.budget import BudgetResult, meet_budget
 from prunekit.methods.options import coerce
-from prunekit.methods.selection import Selection, parse_selection, pruned_count
-from prunekit.surgery.graph import prunable_layers
+from prunekit.methods.selection import Selection, align_ratios, parse_selection, pruned_count, unalignable
+from prunekit.surgery.graph import channel_groups
 from prunekit.surgery.masks import MaskSet
 from prunekit.surgery.plan import MaskPlan, Plan
 
@@ -227,18 +227,44 @@ def example_input(calib: Calib | None, method: str) -> Tensor:
 
 @dataclass(frozen=True)
 class LayerGroup:
-    """Layers whose output channels are tied (e.g. by a residual add): they keep one common index set."""
+    """Layers whose output channels are tied (e.g. by a residual add): they lose channel units together.
+
+    `out_channels` counts the group's units (what a ratio applies to). ``unit_of[member][c]`` is the unit of
+    member's output channel c; None means every member has one channel per unit in unit order (a plain
+    residual group). Members may differ in width when channels pass through a concatenation, a chunk or a
+    grouped conv (`surgery.graph.ChannelGroup`)."""
 
     members: tuple[str, ...]
     out_channels: int
+    unit_of: Mapping[str, tuple[int, ...]] | None = None
+
+    def kept_channels(self, kept_units: Sequence[int]) -> dict[str, list[int]]:
+        """Each member's kept output channels when the group keeps `kept_units` (sorted)."""
+        if self.unit_of is None:
+            return dict.fromkeys(self.members, list(kept_units))
+        keep = set(kept_units)
+        return {m: [c for c, u in enumerate(self.unit_of[m]) if u in keep] for m in self.members}
+
+    def unit_scores(self, member: str, scores: Tensor) -> Tensor:
+        """One member's per-channel scores summed per unit (a unit may hold several of its channels)."""
+        if self.unit_of is None:
+            return scores
+        index = torch.tensor(self.unit_of[member], dtype=torch.long, device=scores.device)
+        if scores.shape != index.shape:
+            raise ConfigError(
+                f"layer {member!r}: {scores.numel()} channel scores for {index.numel()} output channels"
+            )
+        return torch.zeros(self.out_channels, dtype=scores.dtype, device=scores.device).index_add_(
+            0, index, scores
+        )
 
 
 def prunable_groups(model: nn.Module, example: Tensor) -> list[LayerGroup]:
     """Prunable conv/linear layers grouped by coupling, in execution order of each group's first member."""
-    groups: dict[tuple[str, ...], int] = {}
-    for layer in prunable_layers(model, example):
-        groups.setdefault(layer.group, layer.out_channels)
-    return [LayerGroup(members, out_channels) for members, out_channels in groups.items()]
+    return [
+        LayerGroup(group.members, group.units, None if group.aligned else dict(group.unit_of))
+        for group in channel_groups(model, example)
+    ]
 
 
 def group_ratio(group: LayerGroup, ratios: dict[str, float]) -> float:
@@ -327,13 +353,19 @@ def plan_from_ratios(
         if score is None:
             kept = list(range(group.out_channels - pruned_count(ratio, group.out_channels, group.members[0])))
         else:
-            scored = [s for s in (score(name) for name in group.members) if s is not None]
+            # Scores are summed per channel unit, read through each member's channel map (members of a
+            # concatenation, a chunk or a grouped conv differ in width and order).
+            scored = [
+                group.unit_scores(name, s)
+                for name, s in ((name, score(name)) for name in group.members)
+                if s is not None
+            ]
             if not scored:
                 raise ConfigError(
                     f"no channel scores for {', '.join(group.members)}; score them before planning"
                 )
             kept = select(torch.stack(scored).sum(0), ratio, group.members[0])
-        plan.update(dict.fromkeys(group.members, kept))
+        plan.update(group.kept_channels(kept))
     return plan
 
 
@@ -368,8 +400,11 @@ class ScoringMethod(Method):
         self.budget: BudgetResult | None = None
 
     def resolve_selection(self, selection: Selection | None) -> Selection:
-        if selection is None:
-            return parse_selection(self.presets.get(self.options.rates.strip(), self.options.rates))
+        if selection is None or selection.only_round_to:
+            default = parse_selection(self.presets.get(self.options.rates.strip(), self.options.rates))
+            if selection is None:
+                return default
+            selection = default.with_round_to(selection.round_to, selection.round_to_auto)
         self.options = dataclasses.replace(self.options, rates=selection.spec)  # the record says what ran
         return selection
 
@@ -422,12 +457,43 @@ def layer_ratios(
     else:
         ratios = selection.ratios(names)
     ratios = couple_ratios(groups, ratios, selection.selected(names), selection.sequence is not None)
+    widths = [(group.members, group.out_channels) for group in groups]
+    round_to = selection.round_to_for(n for members, n in widths if ratios.get(members[0], 0.0) > 0)
+    if round_to is not None:
+        _check_round_to_fits(widths, ratios, round_to)
     if selection.budget is None:
-        return ratios, None
+        # Glob rules and list entries name their layers: a layer they prune that cannot align is refused.
+        named = bool(selection.rules) or selection.sequence is not None
+        return align_ratios(widths, ratios, round_to, strict=named), None
     if selection.budget.kind == "target_density":
         raise ConfigError(
             "target_density budgets the nonzero weights of element-wise (masked) pruning; this method "
             "removes whole channels: give target_macs= or speedup= instead"
         )
-    result = meet_budget(model, example, selection.budget, ratios)
+    if selection.budget.counts == "latency":
+        from prunekit.methods.latency_budget import meet_latency_budget
+
+        result = meet_latency_budget(model, example, selection.budget, ratios, round_to=round_to)
+    else:
+        result = meet_budget(model, example, selection.budget, ratios, round_to=round_to)
     return result.ratios, result
+
+
+def _check_round_to_fits(
+    widths: Sequence[tuple[Sequence[str], int]], ratios: Mapping[str, float], r: int
+) -> None:
+    """round_to wider than every selected layer is refused; a few narrow layers are left whole, with a
+    warning that names them."""
+    selected = [(members, n) for members, n in widths if ratios.get(members[0], 0.0) > 0]
+    narrow = unalignable(selected, r)
+    if selected and len(narrow) == len(selected):
+        raise ConfigError(
+            f"round_to={r} leaves nothing to prune: every selected layer has at most {r} output channels "
+            f"(widest: {max(n for _, n in selected)}); give a smaller round_to"
+        )
+    if narrow:
+        warnings.warn(
+            f"round_to={r}: {len(narrow)} layer group(s) have at most {r} output channels and stay whole: "
+            f"{', '.join(narrow[:6])}{', ...' if len(narrow) > 6 else ''}",
+            stacklevel=4,
+        )

@@ -13,6 +13,7 @@ Two searches, one entry point (`meet`):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,10 +22,10 @@ from typing import TYPE_CHECKING, Any
 from torch import Tensor, nn
 
 from prunekit.errors import ConfigError, PrunekitError
-from prunekit.methods.selection import Budget, pruned_count
+from prunekit.methods.selection import Budget, align_ratios, pruned_count
 from prunekit.models.probe import probe
 from prunekit.surgery.channels import apply_with_report
-from prunekit.surgery.graph import ChannelGraph
+from prunekit.surgery.graph import graph_of
 
 if TYPE_CHECKING:
     from prunekit.methods.base import Calib, Method, Pruned
@@ -137,44 +138,59 @@ class MacCounter:
 
     def __init__(self, model: nn.Module, example: Tensor) -> None:
         self.model, self.example = model, example
-        graph = ChannelGraph(model, example)
-        self.groups: list[tuple[str, ...]] = list(
-            dict.fromkeys(layer.group for layer in graph.prunable_layers())
-        )
-        self.widths = {group: graph.out_channels(group[0]) for group in self.groups}
-        self._out_removed = {g: _sizes(graph.full_effect(g[0]).out_removed) for g in self.groups}
-        self._in_removed = {g: _sizes(graph.full_effect(g[0]).in_removed) for g in self.groups}
-        self._calls = _layer_calls(model, example)
+        graph = graph_of(model, example)  # the run's one trace, shared with the method and the surgery
+        self._groups = {group.members: group for group in graph.groups()}
+        self.groups: list[tuple[str, ...]] = list(self._groups)
+        self.widths = {members: group.units for members, group in self._groups.items()}
+        # For each group and each layer side its units reach: channels lost when the group's last k units
+        # go (`plan` keeps the first units), for every k: exact even where units differ in size.
+        self._lost: dict[tuple[str, ...], dict[tuple[str, str], list[int]]] = {}
+        for members, group in self._groups.items():
+            lost = {}
+            for (name, side), counts in graph.unit_counts(group).items():
+                if name in graph.modules:
+                    lost[(name, side)] = [0, *counts.flip(0).cumsum(0).tolist()]
+            self._lost[members] = lost
+        whole = {
+            name
+            for name, m in graph.modules.items()
+            if isinstance(m, nn.Conv2d)
+            and m.groups > 1
+            and (name in graph.whole_group_convs or m.groups == m.out_channels)
+        }
+        self._calls = _layer_calls(model, example, whole)
         self.dense = self.analytic({})
 
     def plan(self, ratios: dict[str, float]) -> dict[str, list[int]]:
-        """Keep the first channels of each group: the widths of `ratios` without any criterion."""
+        """Keep the first units of each group: the widths of `ratios` without any criterion."""
         plan: dict[str, list[int]] = {}
-        for group in self.groups:
-            ratio = ratios.get(group[0], 0.0)
+        for members, group in self._groups.items():
+            ratio = ratios.get(members[0], 0.0)
             if ratio > 0:
-                width = self.widths[group]
-                plan.update(dict.fromkeys(group, list(range(width - pruned_count(ratio, width, group[0])))))
+                units = group.units
+                plan.update(group.kept_channels(range(units - pruned_count(ratio, units, members[0]))))
         return plan
 
     def analytic(self, ratios: dict[str, float]) -> int:
-        out_lost: dict[str, float] = {}
-        in_lost: dict[str, float] = {}
+        out_lost: dict[str, int] = {}
+        in_lost: dict[str, int] = {}
         for group in self.groups:
             ratio = ratios.get(group[0], 0.0)
             if ratio == 0:
                 continue
-            fraction = pruned_count(ratio, self.widths[group], group[0]) / self.widths[group]
-            for name, size in self._out_removed[group].items():
-                out_lost[name] = out_lost.get(name, 0.0) + size * fraction
-            for name, size in self._in_removed[group].items():
-                in_lost[name] = in_lost.get(name, 0.0) + size * fraction
+            k = pruned_count(ratio, self.widths[group], group[0])
+            for (name, side), lost in self._lost[group].items():
+                if side != "in":
+                    out_lost[name] = out_lost.get(name, 0) + lost[k]
+                if side != "out":
+                    in_lost[name] = in_lost.get(name, 0) + lost[k]
         total = 0.0
         for name, positions, per_output, out_full, in_full, grouped in self._calls:
-            out_kept = out_full - out_lost.get(name, 0.0)
-            # A grouped (e.g. depthwise) conv loses inputs together with outputs: per-output work is fixed.
+            out_kept = out_full - out_lost.get(name, 0)
+            # A conv that loses whole groups (e.g. depthwise) loses inputs with outputs: per-output work is
+            # fixed; any other conv (also one losing the same positions in every group) scales with inputs.
             per_output_kept = (
-                per_output if grouped else per_output * (in_full - in_lost.get(name, 0.0)) / in_full
+                per_output if grouped else per_output * (in_full - in_lost.get(name, 0)) / in_full
             )
             total += positions * out_kept * per_output_kept
         return round(total)
@@ -185,14 +201,27 @@ class MacCounter:
         above: dict[str, float],
         below: dict[str, float],
         tolerance: float = BUDGET_TOLERANCE,
+        round_to: int | None = None,
+        seen: list[float] | None = None,
     ) -> BudgetResult | None:
         """From `above` (the uniform solution just over the target), remove one channel of one selected group
         at a time, each time the step that removes the most MACs without leaving the tolerance band, until the
         band is reached; `None` if it cannot be. Groups move as a whole, so coupled layers keep one ratio;
-        every group stays within the maximum budget ratio."""
+        every group stays within the maximum budget ratio. With `round_to` (`above` already aligned) a step
+        moves a group to its next multiple of `round_to` below, never under `round_to`. Every fraction
+        evaluated is appended to `seen` (the closest reachable ones name a miss)."""
         selected = [g for g in self.groups if below.get(g[0], 0.0) > 0]
         pruned = {g: pruned_count(above.get(g[0], 0.0), self.widths[g], g[0]) for g in self.groups}
         cap = {g: min(int(MAX_BUDGET_RATIO * self.widths[g]), self.widths[g] - 1) for g in selected}
+        if round_to is not None:
+            # The narrowest aligned width may sit beyond the ratio cap; alignment's own floor governs.
+            cap = {g: self.widths[g] - round_to for g in selected}
+        step = round_to or 1
+
+        def next_count(g: tuple[str, ...]) -> int:
+            kept = self.widths[g] - pruned[g]
+            return self.widths[g] - (kept - 1) // step * step
+
         low, high = self.dense * target * (1 - tolerance), self.dense * target * (1 + tolerance)
 
         def ratios_of(counts: dict[tuple[str, ...], int]) -> dict[str, float]:
@@ -205,15 +234,17 @@ class MacCounter:
         macs = self.analytic(ratios_of(pruned))
         while macs > high:
             steps = [
-                (self.analytic(ratios_of({**pruned, g: pruned[g] + 1})), g)
+                (self.analytic(ratios_of({**pruned, g: next_count(g)})), g)
                 for g in selected
-                if pruned[g] < cap[g]
+                if next_count(g) <= cap[g]
             ]
-            fitting = [step for step in steps if step[0] >= low]
+            if seen is not None:
+                seen.extend(m / self.dense for m, _ in steps)
+            fitting = [s for s in steps if s[0] >= low]
             if not fitting:
                 return None
-            macs, group = min(fitting, key=lambda step: step[0])
-            pruned[group] += 1
+            macs, group = min(fitting, key=lambda s: s[0])
+            pruned[group] = next_count(group)
         removed = sum(pruned[g] * len(g) for g in selected)
         channels = sum(self.widths[g] * len(g) for g in selected)
         # `ratio` reports the overall fraction of selected channels removed (no single scale applies).
@@ -222,21 +253,23 @@ class MacCounter:
         )
 
     def real(self, ratios: dict[str, float]) -> int:
-        return apply_with_report(self.model, self.plan(ratios), self.example)[1].macs_after
+        # only the count matters here: the method's own apply proves its model equals masking
+        pruned = apply_with_report(self.model, self.plan(ratios), self.example, check_masking=False)
+        return pruned[1].macs_after
 
 
-def _sizes(removed: dict[str, set[int]]) -> dict[str, int]:
-    return {name: len(indices) for name, indices in removed.items()}
-
-
-def _layer_calls(model: nn.Module, example: Tensor) -> list[tuple[str, int, int, int, int, bool]]:
-    """Per conv/linear call: (name, output positions, MACs per output value, out width, in width, grouped)."""
+def _layer_calls(
+    model: nn.Module, example: Tensor, whole_groups: set[str]
+) -> list[tuple[str, int, int, int, int, bool]]:
+    """Per conv/linear call: (name, output positions, MACs per output value, out width, in width, whether it
+    loses whole groups)."""
     names = {module: name for name, module in model.named_modules()}
     calls: list[tuple[str, int, int, int, int, bool]] = []
 
     def record(module: nn.Module, _inputs: Any, output: Tensor) -> None:
         if isinstance(module, nn.Conv2d):
-            out_full, in_full, grouped = module.out_channels, module.in_channels, module.groups > 1
+            out_full, in_full = module.out_channels, module.in_channels
+            grouped = names[module] in whole_groups
         else:
             out_full, in_full, grouped = module.out_features, module.in_features, False
         positions = output.numel() // output.shape[0] // out_full
@@ -251,16 +284,44 @@ def _layer_calls(model: nn.Module, example: Tensor) -> list[tuple[str, int, int,
     return calls
 
 
-def meet_budget(model: nn.Module, example: Tensor, budget: Budget, base: dict[str, float]) -> BudgetResult:
+def meet_budget(
+    model: nn.Module,
+    example: Tensor,
+    budget: Budget,
+    base: dict[str, float],
+    round_to: int | None = None,
+) -> BudgetResult:
     """Scale `base` ratios to meet `budget`, searching on the analytic count and confirming on the really
-    pruned model; should the two ever disagree, the search is redone on real surgery."""
+    pruned model; should the two ever disagree, the search is redone on real surgery. With `round_to` the
+    search runs over aligned widths only (`align_ratios`) and accepts KNOB_TOLERANCE: aligned steps are
+    coarse."""
     counter = MacCounter(model, example)
+    widths = [(g, counter.widths[g]) for g in counter.groups]
+
+    def align(ratios: dict[str, float]) -> dict[str, float]:
+        return align_ratios(widths, ratios, round_to)
+
+    tolerance = BUDGET_TOLERANCE if round_to is None else KNOB_TOLERANCE
     try:
-        result = solve_budget(budget, base, counter.analytic)
+        result = solve_budget(budget, base, lambda r: counter.analytic(align(r)), tolerance=tolerance)
+        result = dataclasses.replace(result, ratios=align(result.ratios))
     except BudgetGap as gap:
-        refined = counter.refine(budget.fraction, gap.above, gap.below)
-        if refined is None:
+        seen: list[float] = [counter.analytic(align(gap.above)) / counter.dense]
+        refined = counter.refine(
+            budget.fraction, align(gap.above), align(gap.below), tolerance, round_to=round_to, seen=seen
+        )
+        if refined is None and round_to is None:
             raise
+        if refined is None:
+            above = min((f for f in seen if f > budget.fraction), default=None)
+            floor = counter.analytic(align(gap.below)) / counter.dense
+            below = max([f for f in seen if f < budget.fraction] + [floor])
+            raise ConfigError(
+                f"budget {budget.kind}={budget.value:g} has no plan with widths that are multiples of "
+                f"round_to={round_to} within {tolerance:.0%}; the closest reachable MAC fractions are "
+                f"{'none above' if above is None else f'{above:.4f}'} and {below:.4f}; ask for one of "
+                "them or a smaller round_to"
+            ) from None
         result = refined
     real = counter.real(result.ratios)
     if real == result.pruned_macs:
@@ -273,7 +334,8 @@ def meet_budget(model: nn.Module, example: Tensor, budget: Budget, base: dict[st
             cache[key] = counter.real(ratios)
         return cache[key]
 
-    return solve_budget(budget, base, measured)
+    result = solve_budget(budget, base, lambda r: measured(align(r)), tolerance=tolerance)
+    return dataclasses.replace(result, ratios=align(result.ratios))
 
 
 # ---------------------------------------------------------------- the entry point and the knob search
@@ -283,14 +345,22 @@ def meet(method: Method, model: nn.Module, calib: Calib | None, stage: Stage | N
     """`method.prune`, with its selection's budget met: ratio-allocating methods meet it inside their
     allocation (`meet_budget`), the others by `search_knob`. The reached cost is measured on the returned
     model and recorded in ``Pruned.budget``."""
+    from prunekit.methods.alignment import align_pruned
     from prunekit.methods.base import example_input
 
     budget = method.selection.budget if method.selection is not None else None
+    round_to = method.selection.round_to if method.selection is not None else None
     if budget is None:
-        return method.prune(model, calib, stage)
+        pruned = method.prune(model, calib, stage)
+        # Ratio-allocating methods align inside their allocation; the others are aligned here.
+        if round_to is not None and method.knob != "ratio_scale":
+            pruned = align_pruned(model, pruned, example_input(calib, method.name), round_to, method.name)
+        return pruned
     kind = method.budget_kind()
     if kind is None:
         raise ConfigError(f"method {method.name!r} has no budget knob; drop {budget.kind}=")
+    if budget.counts == "latency" and kind == "macs":
+        kind = "latency"  # a method that removes structure can also be budgeted by predicted latency
     if budget.counts != kind:
         wanted = "target_density=" if kind == "density" else "target_macs= or speedup="
         prunes = "element-wise (masks)" if kind == "density" else "whole channels"
@@ -302,8 +372,12 @@ def meet(method: Method, model: nn.Module, calib: Calib | None, stage: Stage | N
     if method.knob == "ratio_scale":
         pruned = method.prune(model, calib, stage)
     else:
-        pruned = search_knob(method, model, calib, budget, stage)
+        pruned = search_knob(method, model, calib, budget, stage, round_to=round_to)
     found = pruned.budget
+    if kind == "latency":
+        from prunekit.methods.latency_budget import confirm_latency
+
+        return confirm_latency(method, model, pruned, example, budget)
     dense = found.dense_macs if found is not None else cost_of(model, example, kind)
     reached = cost_of(pruned.model, example, kind)
     pruned.budget = BudgetResult(
@@ -316,7 +390,7 @@ def meet(method: Method, model: nn.Module, calib: Calib | None, stage: Stage | N
         knob=found.knob if found else str(method.knob),
         counts=kind,
     )
-    tolerance = BUDGET_TOLERANCE if method.knob == "ratio_scale" else KNOB_TOLERANCE
+    tolerance = BUDGET_TOLERANCE if method.knob == "ratio_scale" and round_to is None else KNOB_TOLERANCE
     if abs(reached / dense - budget.fraction) > tolerance * budget.fraction + 1e-12:
         raise PrunekitError(
             f"method {method.name!r}: the pruned model keeps {reached / dense:.4f} of the dense {kind}, "
@@ -325,8 +399,13 @@ def meet(method: Method, model: nn.Module, calib: Calib | None, stage: Stage | N
     return pruned
 
 
-def cost_of(model: nn.Module, example: Tensor, kind: str) -> int:
-    """What a budget counts: conv+linear MACs per image, or nonzero conv/linear weights."""
+def cost_of(model: nn.Module, example: Tensor, kind: str, budget: Budget | None = None) -> float:
+    """What a budget counts: conv+linear MACs per image, nonzero conv/linear weights, or the latency the
+    lookup table predicts for `budget`'s batch size and threads."""
+    if kind == "latency":
+        from prunekit.methods.latency_budget import predicted_latency
+
+        return predicted_latency(model, example, budget)
     if kind == "density":
         return sum(
             int((m.weight != 0).sum())
@@ -339,7 +418,12 @@ def cost_of(model: nn.Module, example: Tensor, kind: str) -> int:
 
 
 def search_knob(
-    method: Method, model: nn.Module, calib: Calib | None, budget: Budget, stage: Stage | None = None
+    method: Method,
+    model: nn.Module,
+    calib: Calib | None,
+    budget: Budget,
+    stage: Stage | None = None,
+    round_to: int | None = None,
 ) -> Pruned:
     """Bisect ``method.knob`` within ``method.knob_range`` until the really pruned model's cost is within
     BUDGET_TOLERANCE of the budget (cost never grows with the knob). Knob values whose pruning fails (it
@@ -348,17 +432,23 @@ def search_knob(
     from prunekit.methods.base import example_input
 
     example = example_input(calib, method.name)
+    from prunekit.methods.alignment import align_pruned
+
     kind = method.budget_kind() or "macs"
-    dense = cost_of(model, example, kind)
+    if budget.counts == "latency":
+        kind = "latency"
+    dense = cost_of(model, example, kind, budget)
     target = budget.fraction
     trials: list[tuple[float, float, Pruned]] = []  # (knob, fraction, result)
 
     def trial(value: float) -> float | None:
         try:
             pruned = method.with_knob(value).prune(model, calib, stage)
+            if round_to is not None:
+                pruned = align_pruned(model, pruned, example, round_to, method.name)
         except PrunekitError:
             return None
-        fraction = cost_of(pruned.model, example, kind) / dense
+        fraction = cost_of(pruned.model, example, kind, budget) / dense
         trials.append((value, fraction, pruned))
         return fraction
 

@@ -8,17 +8,24 @@ Three forms, comma separated items (specs/tpp.md §3, specs/hrank.md §2.1):
 
 Any of them may carry one budget item, ``target_macs=0.5`` (fraction of the dense MACs to keep) or
 ``speedup=2`` (= ``target_macs=0.5``), or ``target_density=0.1`` (fraction of weights kept nonzero, for
-element-wise methods); alone, a budget searches one uniform ratio, otherwise it scales the given ratios
-until the pruned model's MACs meet it. The searches live in `methods.budget`.
+element-wise methods), or a measured-latency budget ``target_latency=0.5`` (fraction of the dense model's
+deployed latency) / ``speedup_latency=2``; alone, a budget searches one uniform ratio, otherwise it scales the
+given ratios until the pruned model's MACs (or predicted latency) meet it. The searches live in
+`methods.budget` and `methods.latency_budget`.
+
+``round_to=8`` may be added to any of them: every pruned layer then keeps a multiple of 8 channels (at least
+8, and fewer than its full width), so MAC cuts become latency cuts (`align_ratios`).
 
 A ratio is the fraction of a layer's output channels to remove; a layer keeps ``n - int(ratio * n)``.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
+import math
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -26,7 +33,8 @@ from prunekit.errors import ConfigError
 
 _NUMBER = re.compile(r"(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 _INTEGER = re.compile(r"\d+")
-_BUDGET_KEYS = ("target_macs", "speedup", "target_density")
+_BUDGET_KEYS = ("target_macs", "speedup", "target_density", "target_latency", "speedup_latency")
+BudgetKind = Literal["target_macs", "speedup", "target_density", "target_latency", "speedup_latency"]
 
 
 def _syntax_error(spec: str, pos: int, what: str) -> ConfigError:
@@ -35,19 +43,25 @@ def _syntax_error(spec: str, pos: int, what: str) -> ConfigError:
 
 @dataclass(frozen=True)
 class Budget:
-    """A MAC budget: keep `fraction` of the dense MACs. `kind`/`value` remember how the user wrote it."""
+    """A budget: keep `fraction` of the dense cost. `kind`/`value` remember how the user wrote it."""
 
-    kind: Literal["target_macs", "speedup", "target_density"]
+    kind: BudgetKind
     value: float
+    #: Latency budgets only: the batch size and CPU threads the latency is predicted and measured at.
+    batch_size: int = 1
+    threads: int = 1
 
     @property
     def fraction(self) -> float:
-        """Fraction of the dense cost to keep: MACs, or nonzero weights for ``target_density``."""
-        return 1.0 / self.value if self.kind == "speedup" else self.value
+        """Fraction of the dense cost to keep: MACs, nonzero weights (``target_density``) or deployed
+        latency (``target_latency`` / ``speedup_latency``)."""
+        return 1.0 / self.value if self.kind in ("speedup", "speedup_latency") else self.value
 
     @property
     def counts(self) -> str:
-        return "density" if self.kind == "target_density" else "macs"
+        if self.kind == "target_density":
+            return "density"
+        return "latency" if self.kind in ("target_latency", "speedup_latency") else "macs"
 
 
 @dataclass(frozen=True)
@@ -59,6 +73,41 @@ class Selection:
     sequence: tuple[float, ...] | None = None
     uniform: float | None = None
     budget: Budget | None = None
+    #: Kept widths of pruned layers are multiples of this (None: any width).
+    round_to: int | None = None
+    #: `round_to` was measured (``--round-to auto``): it may be halved to fit a model's narrowest layers.
+    round_to_auto: bool = False
+
+    @property
+    def only_round_to(self) -> bool:
+        """Nothing but ``round_to=``: the method's own default selection, aligned."""
+        return (
+            self.round_to is not None
+            and not self.rules
+            and self.sequence is None
+            and self.uniform is None
+            and self.budget is None
+        )
+
+    def with_round_to(self, round_to: int | None, auto: bool = False) -> Selection:
+        """This selection with `round_to` set (the spec text says so, so it parses back the same)."""
+        if round_to is None or (round_to == self.round_to and auto == self.round_to_auto):
+            return self
+        base = ",".join(i for i in self.spec.split(",") if not i.strip().startswith("round_to"))
+        spec = f"{base},round_to={round_to}" if base.strip() else f"round_to={round_to}"
+        return dataclasses.replace(self, spec=spec, round_to=_checked_round_to(round_to), round_to_auto=auto)
+
+    def round_to_for(self, widths: Iterable[int]) -> int | None:
+        """`round_to` for a model whose selected layers have `widths`: a measured (auto) multiple is halved
+        until every such layer can keep half its width or less, so that it never forbids the pruning it was
+        measured to speed up; a multiple the user gave is kept as given (and checked by the allocation)."""
+        r = self.round_to
+        if r is None or not self.round_to_auto:
+            return r
+        narrowest = min(widths, default=2 * r)
+        while r > 1 and 2 * r > narrowest:
+            r //= 2
+        return r
 
     def ratios(self, layers: Sequence[str]) -> dict[str, float]:
         """Ratio per layer (0.0 where nothing selects it), in the order of `layers`. A budget-only
@@ -98,9 +147,13 @@ class Selection:
         target_macs: float | None = None,
         speedup: float | None = None,
         target_density: float | None = None,
+        target_latency: float | None = None,
+        speedup_latency: float | None = None,
+        round_to: int | None = None,
     ) -> Selection | None:
         """The selection given by at most one of the API's keywords (None when none is given); typed values
-        are checked as the expression parser checks them, with no round trip through text."""
+        are checked as the expression parser checks them, with no round trip through text. `round_to`
+        combines with any of them (alone: the method's default selection, aligned)."""
         given = {
             k: v
             for k, v in dict(
@@ -109,18 +162,21 @@ class Selection:
                 target_macs=target_macs,
                 speedup=speedup,
                 target_density=target_density,
+                target_latency=target_latency,
+                speedup_latency=speedup_latency,
             ).items()
             if v is not None
         }
         if len(given) > 1:
             raise ConfigError(
-                f"give one of ratio / ratios / target_macs / speedup / target_density, not {', '.join(given)}"
+                "give one of ratio / ratios / target_macs / speedup / target_density / target_latency / "
+                f"speedup_latency, not {', '.join(given)}"
             )
         if not given:
-            return None
+            return None if round_to is None else cls("", round_to=None).with_round_to(round_to)
         ((key, value),) = given.items()
         if key == "ratios":
-            return parse_selection(value)
+            return parse_selection(value).with_round_to(round_to)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
         value = float(value)
@@ -129,8 +185,8 @@ class Selection:
                 raise ConfigError(
                     f"ratio {value:g} is outside [0, 1): it is the fraction of channels removed"
                 )
-            return cls(f"{value:g}", uniform=value)
-        return cls(f"{key}={value:g}", budget=_checked_budget(key, value))
+            return cls(f"{value:g}", uniform=value).with_round_to(round_to)
+        return cls(f"{key}={value:g}", budget=_checked_budget(key, value)).with_round_to(round_to)
 
     def selected(self, layers: Sequence[str]) -> set[str]:
         """The layers some part of the expression names (glob rules may leave layers unnamed)."""
@@ -150,6 +206,7 @@ def parse_selection(spec: str | float) -> Selection:
     rules: list[tuple[str, float]] = []
     ratio_lists: list[tuple[int, str, list[float]]] = []
     budget: Budget | None = None
+    round_to: int | None = None
     start = 0
     for item in spec.split(","):
         end = start + len(item)
@@ -164,6 +221,10 @@ def parse_selection(spec: str | float) -> Selection:
                 raise _syntax_error(spec, at, "missing layer pattern before ':'")
             ratio_at = at + len(pattern) + 1
             rules.append((pattern.strip(), _parse_ratio(spec, ratio_at, end)))
+        elif "=" in text and text.partition("=")[0].strip() == "round_to":
+            if round_to is not None:
+                raise _syntax_error(spec, at, "round_to= given twice")
+            round_to = _parse_round_to(spec, at, end)
         elif "=" in text:
             if budget is not None:
                 raise _syntax_error(
@@ -179,11 +240,11 @@ def parse_selection(spec: str | float) -> Selection:
             spec, at, "a ratio list or single ratio cannot be combined with other ratios; use 'pattern:ratio'"
         )
     if not ratio_lists:
-        return Selection(spec, rules=tuple(rules), budget=budget)
+        return Selection(spec, rules=tuple(rules), budget=budget, round_to=round_to)
     _, text, values = ratio_lists[0]
     if len(values) == 1 and not any(c in text for c in "[+*"):
-        return Selection(spec, uniform=values[0], budget=budget)
-    return Selection(spec, sequence=tuple(values), budget=budget)
+        return Selection(spec, uniform=values[0], budget=budget, round_to=round_to)
+    return Selection(spec, sequence=tuple(values), budget=budget, round_to=round_to)
 
 
 def resolve_ratios(spec: str | float | Selection, layers: Sequence[str]) -> dict[str, float]:
@@ -237,7 +298,33 @@ def _parse_budget(spec: str, pos: int, end: int) -> Budget:
         raise _syntax_error(spec, value_at, str(exc)) from None
 
 
+def _parse_round_to(spec: str, pos: int, end: int) -> int:
+    key_text, _, _ = spec[pos:end].partition("=")
+    value_at = _skip_space(spec, pos + len(key_text) + 1, end)
+    match = _INTEGER.match(spec, value_at, end)
+    if match is None or _skip_space(spec, match.end(), end) != end:
+        raise _syntax_error(spec, value_at, "round_to= takes a whole number of channels ≥ 1, e.g. round_to=8")
+    try:
+        return _checked_round_to(int(match.group()))
+    except ConfigError as exc:
+        raise _syntax_error(spec, value_at, str(exc)) from None
+
+
+def _checked_round_to(value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"round_to={value!r} must be a whole number of channels ≥ 1 (kept widths become multiples of it)"
+        )
+    return value
+
+
 def _checked_budget(key: str, value: float) -> Budget:
+    if key == "target_latency" and not 0.0 < value < 1.0:
+        raise ConfigError(
+            f"target_latency={value:g} must be in (0, 1): the fraction of the dense deployed latency to keep"
+        )
+    if key == "speedup_latency" and value <= 1.0:
+        raise ConfigError(f"speedup_latency={value:g} must be > 1")
     if key == "target_macs" and not 0.0 < value < 1.0:
         raise ConfigError(f"target_macs={value:g} must be in (0, 1): the fraction of dense MACs to keep")
     if key == "target_density" and not 0.0 < value < 1.0:
@@ -286,3 +373,54 @@ def pruned_count(ratio: float, n: int, layer: str) -> int:
     if count >= n:
         raise ConfigError(f"layer {layer!r}: ratio {ratio:g} would remove all {n} channels; lower it")
     return count
+
+
+def aligned_width(kept: int, n: int, round_to: int) -> int | None:
+    """The multiple of `round_to` nearest to `kept` (halves up), at least `round_to` and below the full
+    width `n`; None when no such width exists (``n <= round_to``)."""
+    top = (n - 1) // round_to * round_to
+    if top < round_to:
+        return None
+    return min(max(math.floor(kept / round_to + 0.5) * round_to, round_to), top)
+
+
+def align_ratios(
+    groups: Iterable[tuple[Sequence[str], int]],
+    ratios: Mapping[str, float],
+    round_to: int | None,
+    *,
+    strict: bool = False,
+) -> dict[str, float]:
+    """`ratios` with every pruned group's kept width moved to the nearest multiple of `round_to`
+    (`aligned_width`); `groups` are (members, out_channels). A group the ratio leaves whole stays whole.
+    The aligned ratio ``(k + 0.5) / n`` floors back to exactly the k channels removed under
+    `pruned_count`, so plans, MAC counts and the criterion see the aligned width. A group too narrow to
+    align (width ≤ round_to) is refused when `strict` (the user named its ratio), otherwise left whole;
+    the caller warns. Never grows cost: kept widths only move within the aligned grid, monotone in ratio."""
+    if round_to is None:
+        return dict(ratios)
+    out = dict(ratios)
+    for members, n in groups:
+        ratio = ratios.get(members[0], 0.0)
+        removed = pruned_count(ratio, n, members[0]) if ratio > 0 else 0
+        if removed == 0:
+            continue
+        kept = aligned_width(n - removed, n, round_to)
+        if kept is None:
+            if strict:
+                raise ConfigError(
+                    f"layer {members[0]!r} has {n} output channels; with round_to={round_to} it has no "
+                    f"width below {n} that is a multiple of {round_to}, so it cannot be pruned: give it "
+                    f"ratio 0 or a smaller round_to (at most {max(1, (n - 1) // 2)})"
+                )
+            out.update(dict.fromkeys(members, 0.0))
+            continue
+        out.update(dict.fromkeys(members, (n - kept + 0.5) / n))
+    return out
+
+
+def unalignable(groups: Iterable[tuple[Sequence[str], int]], round_to: int | None) -> list[str]:
+    """Leaders of the groups no multiple of `round_to` can prune (width ≤ round_to)."""
+    if round_to is None:
+        return []
+    return [members[0] for members, n in groups if aligned_width(n - 1, n, round_to) is None]

@@ -6,13 +6,19 @@ layer's ratio is learned; unlike the original (which can empty a layer), every l
 `min_channels` and loses at most `max_layer_ratio` of its channels (Torch-Pruning #448). The original
 threshold is the element at index ⌊total·ratio⌋ with a strict ``>``, which removes one channel more
 than asked; we remove exactly ``int(ratio·total)``.
+
+Only layers whose output a BatchNorm reads directly have a γ per channel. The others (pre-activation
+ResNets' residual outputs, SE gates, LeNet) keep all their channels, and so do the layers coupled with them;
+they are listed in the method details (``summary["slimming"]["not_eligible"]``) and in one warning.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import warnings
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
@@ -24,6 +30,7 @@ from prunekit.methods.base import (
     LayerGroup,
     Method,
     Plan,
+    Pruned,
     Schedule,
     example_input,
     prunable_groups,
@@ -31,6 +38,9 @@ from prunekit.methods.base import (
 )
 from prunekit.methods.selection import Selection
 from prunekit.models.probe import batchnorm_after
+
+if TYPE_CHECKING:
+    from prunekit.methods.stage import Stage
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
 
@@ -89,7 +99,7 @@ class NetworkSlimming(Method):
     def resolve_selection(self, selection: Selection | None) -> Selection | None:
         if selection is not None and selection.uniform is not None and selection.budget is None:
             self.options = dataclasses.replace(self.options, ratio=selection.uniform)
-            return None
+            return Selection.of(round_to=selection.round_to)  # None unless widths are to be aligned
         return super().resolve_selection(selection)
 
     def penalty(self, model: nn.Module, step: int = 0) -> Tensor | None:
@@ -99,9 +109,37 @@ class NetworkSlimming(Method):
         return self.options.penalty_weight * torch.cat([g.reshape(-1) for g in gammas]).abs().sum()
 
     def plan(self, model: nn.Module, calib: Calib | None) -> Plan:
+        return self._plan(model, calib)[0]
+
+    def prune(self, model: nn.Module, calib: Calib | None, stage: Stage | None = None) -> Pruned:
+        from prunekit.surgery import apply
+
+        plan, skipped = self._plan(model, calib)
+        pruned = apply(model, plan, example_input(calib, self.name))
+        eligible = sum(len(kept) < _width(model, name) for name, kept in plan.items())
+        return Pruned(pruned, details={"pruned_layers": eligible, "not_eligible": skipped})
+
+    def _plan(self, model: nn.Module, calib: Calib | None) -> tuple[ChannelKeep, dict[str, str]]:
+        """The plan, and the selected layers that cannot take part, each with the reason."""
         example = example_input(calib, self.name)
-        groups = self._participating(prunable_groups(model, example))
         bn_of = batchnorm_after(model, example)
+        groups, skipped = _eligible(model, self._participating(prunable_groups(model, example)), bn_of)
+        if skipped:
+            shown = ", ".join(list(skipped)[:8]) + (
+                f" (+{len(skipped) - 8} more)" if len(skipped) > 8 else ""
+            )
+            # One message per model (the default filter shows it once, however often a budget search
+            # re-plans): skipping layers silently is what users of other tools complain about.
+            warnings.warn(
+                f"network slimming keeps every channel of {len(skipped)} layer(s) that no BatchNorm reads "
+                f"directly (or that are coupled with one): {shown}; see the method details",
+                stacklevel=2,
+            )
+        if not groups:
+            raise ConfigError(
+                "network slimming needs a BatchNorm reading a prunable layer's output directly (its scales "
+                f"are the criterion); none of the selected layers has one: {', '.join(list(skipped)[:6])}"
+            )
         gammas = [self._group_gamma(model, group, bn_of) for group in groups]
         caps = [
             max(0, min(group.out_channels - self.options.min_channels,
@@ -129,7 +167,7 @@ class NetworkSlimming(Method):
             keep = torch.ones(group.out_channels, dtype=torch.bool)
             keep[channel[chosen][owner[chosen] == i]] = False
             plan.update(dict.fromkeys(group.members, keep.nonzero().flatten().tolist()))
-        return plan
+        return plan, skipped
 
     def _participating(self, groups: list[LayerGroup]) -> list[LayerGroup]:
         names = [name for group in groups for name in group.members]
@@ -150,10 +188,39 @@ class NetworkSlimming(Method):
         """|γ| per channel, summed over the group's members (one kept set serves them all)."""
         total = torch.zeros(group.out_channels, dtype=torch.float64)
         for name in group.members:
-            if name not in bn_of:
-                raise ConfigError(
-                    f"network slimming needs a BatchNorm directly consuming the output of layer {name!r}; "
-                    "exclude the layer with the `layers` option"
-                )
             total += model.get_submodule(bn_of[name]).weight.detach().double().abs()
         return total
+
+
+def _width(model: nn.Module, name: str) -> int:
+    module = model.get_submodule(name)
+    return module.out_channels if isinstance(module, nn.Conv2d) else module.out_features
+
+
+def _eligible(
+    model: nn.Module, groups: list[LayerGroup], bn_of: dict[str, str]
+) -> tuple[list[LayerGroup], dict[str, str]]:
+    """The groups every member of which feeds an affine BatchNorm of the group's width, and the reason
+    each member of the other groups is left out (a group keeps one channel set, so one member without a
+    γ keeps the whole group)."""
+    eligible: list[LayerGroup] = []
+    skipped: dict[str, str] = {}
+    for group in groups:
+        reasons = {}
+        for name in group.members:
+            bn = model.get_submodule(bn_of[name]) if name in bn_of else None
+            if bn is None:
+                reasons[name] = "no BatchNorm reads its output directly"
+            elif bn.weight is None:
+                reasons[name] = f"its BatchNorm {bn_of[name]!r} has no affine scale"
+            elif bn.weight.numel() != group.out_channels:
+                reasons[name] = (
+                    f"its BatchNorm {bn_of[name]!r} does not have the group's {group.out_channels} channels"
+                )
+        if not reasons:
+            eligible.append(group)
+            continue
+        first = next(iter(reasons))
+        for name in group.members:
+            skipped[name] = reasons.get(name, f"coupled with {first!r}, for which {reasons[first]}")
+    return eligible, skipped

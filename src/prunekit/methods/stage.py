@@ -31,6 +31,7 @@ class Stage:
     run_dir: Path | None = None
     device: torch.device | str | None = None
     progress: bool | None = False
+    teacher: nn.Module | None = None  # distils into every fine-tune of the run (`prunekit prune --teacher`)
 
     def fit(
         self,
@@ -56,6 +57,7 @@ class Stage:
             self.val,
             cfg,
             hooks=hooks,
+            teacher=self.teacher,
             run_dir=run_dir,
             progress=self.progress,
             device=self.device,

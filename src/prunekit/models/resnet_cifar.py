@@ -1,4 +1,5 @@
-"""CIFAR ResNets (He et al. 2016, §4.2): depth 6n+2, BasicBlocks, widths 16/32/64 at strides 1/2/2.
+"""CIFAR ResNets (He et al. 2016, §4.2): depth 6n+2, BasicBlocks, widths 16/32/64 at strides 1/2/2; and
+bearpaw/pytorch-classification's ResNet-110 as its README table counts it (`resnet110_bearpaw`).
 
 Option A (zero-padding shortcut, parameter-free) is the variant of HRank, TPP and GReg: ResNet-56 has
 125,485,696 conv+linear MACs and 848,954 conv+linear params. Option B (1×1 conv + BN projection on a
@@ -146,3 +147,80 @@ def resnet56(num_classes: int = 10, in_channels: int = 3, shortcut: str = "A") -
 @_cifar_resnet(110)
 def resnet110(num_classes: int = 10, in_channels: int = 3, shortcut: str = "A") -> CifarResNet:
     return CifarResNet(110, num_classes, in_channels, shortcut)
+
+
+class Bottleneck(nn.Module):
+    """bearpaw's CIFAR `Bottleneck`: 1×1, 3×3 (stride), 1×1 to 4·planes, each with BN; ReLU after the add.
+    bearpaw reuses one ``relu`` module three times; here each use has its own."""
+
+    expansion = 4
+
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, planes, kernel_size=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(planes, planes, kernel_size=3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv3 = nn.Conv2d(planes, planes * 4, kernel_size=1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * 4)
+        self.shortcut = _shortcut(in_planes, planes * 4, stride, "B")
+        self.relu3 = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.relu2(self.bn2(self.conv2(out)))
+        return self.relu3(self.bn3(self.conv3(out)) + self.shortcut(x))
+
+
+class BottleneckResNet(nn.Module):
+    """bearpaw's CIFAR `ResNet` with Bottleneck blocks, `blocks` per stage, widths 16/32/64 ×4.
+
+    Key names are bearpaw's except the projection: bearpaw's ``downsample.0/1`` (1×1 conv + BN) is
+    ``shortcut.0/1`` here, the zoo's name (`prunekit import --from bearpaw` renames it)."""
+
+    def __init__(self, blocks: int = 18, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        if blocks < 1:
+            raise ConfigError(f"a ResNet needs at least one block per stage; got {blocks}")
+        self.conv1 = nn.Conv2d(in_channels, 16, kernel_size=3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(16)
+        self.relu = nn.ReLU(inplace=True)
+        in_planes = 16
+        stages = []
+        for planes, stride in ((16, 1), (32, 2), (64, 2)):
+            stage = []
+            for i in range(blocks):
+                stage.append(Bottleneck(in_planes, planes, stride if i == 0 else 1))
+                in_planes = planes * Bottleneck.expansion
+            stages.append(nn.Sequential(*stage))
+        self.layer1, self.layer2, self.layer3 = stages
+        # bearpaw's AvgPool2d(8) on the 8×8 map; adaptive also fits the 7×7 map of a 28×28 input.
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(in_planes, num_classes)
+        for m in self.modules():  # bearpaw's init: conv N(0, sqrt(2/(k·k·C_out))), BN γ=1 β=0
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(self.bn1(self.conv1(x)))
+        x = self.layer3(self.layer2(self.layer1(x)))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+@register_model(
+    "resnet110_bearpaw",
+    num_classes=10,
+    in_channels=3,
+    input_size=(32, 32),
+    description="bearpaw CIFAR ResNet-110 as tabled: 18 Bottlenecks per stage, 1x1 conv + BN projection",
+)
+def resnet110_bearpaw(num_classes: int = 10, in_channels: int = 3) -> BottleneckResNet:
+    # bearpaw's code of the time built depth 110 from (110 - 2) // 6 = 18 Bottlenecks per stage (1.70M
+    # params, the README's number); the zoo's `resnet110` is He et al.'s BasicBlock ResNet-110 (1.73M).
+    return BottleneckResNet(18, num_classes, in_channels)

@@ -40,12 +40,14 @@ VGG19_CFG: tuple[int | str, ...] = (
 )  # fmt: skip
 
 
-def make_features(cfg: tuple[int | str, ...], in_channels: int, conv_bias: bool) -> nn.Sequential:
+def make_features(
+    cfg: tuple[int | str, ...], in_channels: int, conv_bias: bool, ceil_mode: bool = False
+) -> nn.Sequential:
     layers: list[nn.Module] = []
     channels = in_channels
     for v in cfg:
         if v == "M":
-            layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            layers.append(nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=ceil_mode))
         else:
             assert isinstance(v, int)
             layers += [
@@ -128,6 +130,34 @@ class VGG19BN(nn.Module):
         return self.classifier(torch.flatten(x, 1))
 
 
+class BearpawVGG19BN(nn.Module):
+    """bearpaw/pytorch-classification's CIFAR `vgg19_bn` (20.04M params with a 10-class head): 16 conv3×3
+    (with bias) + BN + ReLU, five max-pools (the last leaves a 1×1 map on 32×32 inputs) and one Linear.
+    Key names are bearpaw's (``features.N``, ``classifier``)."""
+
+    def __init__(self, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        # ceil_mode changes nothing on 32×32 inputs (every pooled map has an even size) and lets a 28×28
+        # input reach a 1×1 map (28, 14, 7, 4, 2, 1) instead of pooling a 1×1 map to nothing.
+        self.features = make_features((*VGG19_CFG, "M"), in_channels, conv_bias=True, ceil_mode=True)
+        self.classifier = nn.Linear(512, num_classes)
+        # bearpaw's init: conv N(0, sqrt(2/(k·k·C_out))), BN γ=1, linear N(0, 0.01); all biases 0.
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+                nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
 @register_model(
     "vgg16_bn",
     num_classes=10,
@@ -148,3 +178,14 @@ def vgg16_bn(num_classes: int = 10, in_channels: int = 3) -> VGG16BN:
 )
 def vgg19_bn(num_classes: int = 100, in_channels: int = 3) -> VGG19BN:
     return VGG19BN(num_classes, in_channels)
+
+
+@register_model(
+    "vgg19_bn_bearpaw",
+    num_classes=10,
+    in_channels=3,
+    input_size=(32, 32),
+    description="bearpaw CIFAR VGG-19-BN (conv bias, five max-pools, one Linear)",
+)
+def vgg19_bn_bearpaw(num_classes: int = 10, in_channels: int = 3) -> BearpawVGG19BN:
+    return BearpawVGG19BN(num_classes, in_channels)

@@ -26,29 +26,43 @@ from prunekit.models.layers import ZeroPadShortcut
 from prunekit.models.probe import batchnorm_after, probe
 from prunekit.surgery.channels import ChannelPlan, apply
 from prunekit.surgery.equivalence import compare_outputs
-from prunekit.surgery.graph import ChannelGraph
+from prunekit.surgery.graph import ChannelGraph, ChannelGroup, graph_of
 
 
-def shortcut_written(graph: ChannelGraph, members: tuple[str, ...], width: int) -> Tensor:
-    """Which of the group's `width` channels an option-A shortcut adds data into: such a channel carries
-    the previous stage's signal even when every conv of the group has a zero filter for it."""
-    written = torch.zeros(width, dtype=torch.bool)
-    for dep, idxs in graph.group(members[0], range(width)):
-        module = dep.target.module
-        if isinstance(module, ZeroPadShortcut) and graph.dg.is_out_channel_pruning_fn(dep.handler):
-            # `idxs` lists the shortcut output index of each of the group's channels, in order.
-            dst = set(module.dst.tolist())
-            written |= torch.tensor([idx in dst for idx in idxs], dtype=torch.bool)
+def per_unit_all(flags: Tensor, units: Tensor, n_units: int) -> Tensor:
+    """For each of `n_units` units: whether `flags` holds for every channel mapped to it (channels of
+    unit -1 belong to no unit of the group and are ignored)."""
+    inside = units >= 0
+    failing = torch.bincount(units[inside & ~flags.to(units.device)], minlength=n_units)
+    return failing[:n_units] == 0
+
+
+def shortcut_written(graph: ChannelGraph, group: ChannelGroup) -> Tensor:
+    """Which of the group's units an option-A shortcut adds data into: such a channel carries the previous
+    stage's signal even when every conv of the group has a zero filter for it."""
+    written = torch.zeros(group.units, dtype=torch.bool)
+    for slot in graph.slots:
+        if slot.side != "out":
+            continue
+        module = graph.module(slot.name)
+        if not isinstance(module, ZeroPadShortcut):
+            continue
+        units = graph.slot_units(group, slot.name, "out")
+        hit = torch.zeros(slot.width, dtype=torch.bool)
+        hit[module.dst.cpu()] = True
+        lands = units[hit & (units >= 0)]
+        written[lands] = True
     return written
 
 
-def constant_channels(graph: ChannelGraph, members: tuple[str, ...], width: int) -> Tensor:
-    """Channels whose filter weights are zero in every layer of the coupling group (biases and
-    BatchNorms may be anything) and which no shortcut writes into."""
-    constant = torch.ones(width, dtype=torch.bool)
-    for name in members:
-        constant &= (graph.modules[name].weight.detach().flatten(1) == 0).all(1).cpu()
-    return constant & ~shortcut_written(graph, members, width)
+def constant_channels(graph: ChannelGraph, group: ChannelGroup) -> Tensor:
+    """Units whose filter weights are zero in every layer of the coupling group (biases and BatchNorms may
+    be anything) and which no shortcut writes into."""
+    constant = torch.ones(group.units, dtype=torch.bool)
+    for name in group.members:
+        zero = (graph.modules[name].weight.detach().flatten(1) == 0).all(1).cpu()
+        constant &= per_unit_all(zero, torch.tensor(group.unit_of[name]), group.units)
+    return constant & ~shortcut_written(graph, group)
 
 
 def fold_constant_channels(model: nn.Module, inputs: Tensor) -> tuple[nn.Module, ChannelPlan]:
@@ -65,40 +79,38 @@ def fold_constant_channels(model: nn.Module, inputs: Tensor) -> tuple[nn.Module,
     tried: set[tuple[str, ...]] = set()
     graph: ChannelGraph | None = None
     while True:
-        graph = graph or ChannelGraph(current, example)  # traced again only after a fold changed the model
+        graph = graph or graph_of(current, example)  # traced again only after a fold changed the model
         step = _next_group(graph, tried)
         if step is None:
             return current, plan
-        members, kept, consumers = step
-        tried.add(members)
-        trial = apply(current, dict.fromkeys(members, kept), example).eval()
+        group, kept, consumers = step
+        tried.add(group.members)
+        keep = group.kept_channels(kept)
+        trial = apply(current, keep, example).eval()
         if _fold(current, trial, consumers, inputs):
-            for name in members:
+            for name in group.members:
                 previous = plan.get(name, list(range(graph.out_channels(name))))
-                plan[name] = [previous[k] for k in kept]
+                plan[name] = [previous[k] for k in keep[name]]
             current, graph = trial, None
 
 
 def _next_group(
     graph: ChannelGraph, tried: set[tuple[str, ...]]
-) -> tuple[tuple[str, ...], list[int], list[str]] | None:
-    groups: dict[tuple[str, ...], int] = {}
-    for layer in graph.prunable_layers():
-        groups.setdefault(layer.group, layer.out_channels)
-    for members, width in groups.items():
-        if members in tried:
+) -> tuple[ChannelGroup, list[int], list[str]] | None:
+    for group in graph.groups():
+        if group.members in tried:
             continue
-        constant = constant_channels(graph, members, width)
+        constant = constant_channels(graph, group)
         if not bool(constant.any()):
             continue
-        effect = graph.full_effect(members[0])
-        if effect.reaches_output:
-            continue  # a constant network output is still an output
-        if any(_padded(graph.modules[name]) for name in effect.in_removed):
+        consumers = sorted(
+            name for (name, side) in graph.unit_counts(group) if side == "in" and name in graph.modules
+        )
+        if any(_padded(graph.modules[name]) for name in consumers):
             continue  # the border sees zeros, the rest the constant: not one bias (and not worth a trial)
         kept = (~constant).nonzero().flatten().tolist() or [0]
-        if len(kept) < width:
-            return members, kept, sorted(effect.in_removed)
+        if len(kept) < group.units:
+            return group, kept, consumers
     return None
 
 

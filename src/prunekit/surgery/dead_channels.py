@@ -11,8 +11,8 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from prunekit.errors import ConfigError
-from prunekit.surgery.constants import shortcut_written
-from prunekit.surgery.graph import ChannelGraph
+from prunekit.surgery.constants import per_unit_all, shortcut_written
+from prunekit.surgery.graph import ChannelGraph, ChannelGroup, graph_of
 
 #: Kept output indices (sorted) per layer name.
 Plan = dict[str, list[int]]
@@ -27,57 +27,57 @@ def zero_channel_plan(model: nn.Module, example: Tensor) -> Plan:
     there), so activations that map 0 to 0 (ReLU, pooling) pass zero on — or when its output is never
     used: every input channel (column) it feeds in the consumers is zero.
     """
-    graph = ChannelGraph(model, example)
-    groups: dict[tuple[str, ...], int] = {}
-    for layer in graph.prunable_layers():
-        groups.setdefault(layer.group, layer.out_channels)
+    graph = graph_of(model, example)
     plan: Plan = {}
-    for members, width in groups.items():
-        dead = _zero_output(graph, members, width) | _unused_output(graph, members[0], width)
+    for group in graph.groups():
+        dead = _zero_output(graph, group) | _unused_output(graph, group)
         if bool(dead.all()):
             raise ConfigError(
-                f"all {width} output channels of layer {members[0]!r} are zero or unused after pruning; "
-                "the network would be disconnected: lower the sensitivity"
+                f"all {group.units} output channels of layer {group.members[0]!r} are zero or unused after "
+                "pruning; the network would be disconnected: lower the sensitivity"
             )
         if bool(dead.any()):
-            plan.update(dict.fromkeys(members, (~dead).nonzero().flatten().tolist()))
+            plan.update(group.kept_channels((~dead).nonzero().flatten().tolist()))
     return plan
 
 
-def _zero_output(graph: ChannelGraph, members: tuple[str, ...], width: int) -> Tensor:
-    dead = torch.ones(width, dtype=torch.bool)
-    for name in members:
+def _zero_output(graph: ChannelGraph, group: ChannelGroup) -> Tensor:
+    dead = torch.ones(group.units, dtype=torch.bool)
+    for name in group.members:
         module = graph.modules[name]
-        dead &= (module.weight.detach().flatten(1) == 0).all(1).cpu()
+        zero = (module.weight.detach().flatten(1) == 0).all(1).cpu()
         if module.bias is not None:
-            dead &= (module.bias.detach() == 0).cpu()
+            zero &= (module.bias.detach() == 0).cpu()
+        dead &= per_unit_all(zero, torch.tensor(group.unit_of[name]), group.units)
     # BN(0) = β − γ·μ/σ is a constant, not zero, unless γ = β = 0. Every BatchNorm these channels reach
-    # counts, also one after an add or a concatenation (so not only `models.probe.batchnorm_after`'s);
-    # `idxs` lists the BN channel each of the group's channels lands on, in order.
-    for dep, idxs in graph.group(members[0], range(width)):
-        module = dep.target.module
+    # counts, also one after an add or a concatenation (so not only `models.probe.batchnorm_after`'s).
+    for name, side in graph.unit_counts(group):
+        module = graph.module(name)
         if isinstance(module, _BatchNorm):
-            if module.weight is None or module.bias is None or len(idxs) != width:
-                return torch.zeros(width, dtype=torch.bool)
-            at = torch.as_tensor(list(idxs), device=module.weight.device)
-            dead &= ((module.weight.detach()[at] == 0) & (module.bias.detach()[at] == 0)).cpu()
-    return dead & ~shortcut_written(graph, members, width)
+            if module.weight is None or module.bias is None:
+                return torch.zeros(group.units, dtype=torch.bool)
+            zero = ((module.weight.detach() == 0) & (module.bias.detach() == 0)).cpu()
+            dead &= per_unit_all(zero, graph.slot_units(group, name, side), group.units)
+    return dead & ~shortcut_written(graph, group)
 
 
-def _unused_output(graph: ChannelGraph, name: str, width: int) -> Tensor:
-    consumers = graph.full_effect(name).in_removed
+def _unused_output(graph: ChannelGraph, group: ChannelGroup) -> Tensor:
+    consumers = [name for (name, side) in graph.unit_counts(group) if side == "in" and name in graph.modules]
     if not consumers:
-        return torch.zeros(width, dtype=torch.bool)
-    unused = torch.ones(width, dtype=torch.bool)
-    for consumer, indices in consumers.items():
-        module = graph.modules[consumer]
-        if len(indices) % width or (isinstance(module, nn.Conv2d) and module.groups != 1):
-            # An index mapping we cannot read as `width` equal blocks (or grouped-conv inputs): keep all.
-            return torch.zeros(width, dtype=torch.bool)
-        weight = module.weight.detach()
-        zero_inputs = (weight.transpose(0, 1).flatten(1) == 0).all(1).cpu()
-        # Channel c feeds a contiguous block of inputs: itself for a conv, c·h·w … (c+1)·h·w − 1 after a
-        # flatten (channel-major), shifted by an offset after a concatenation; sorted, the blocks line up.
-        blocks = torch.tensor(sorted(indices)).reshape(width, -1)
-        unused &= zero_inputs[blocks].all(1)
+        return torch.zeros(group.units, dtype=torch.bool)
+    unused = torch.ones(group.units, dtype=torch.bool)
+    for name in consumers:
+        unused &= per_unit_all(
+            _zero_inputs(graph.modules[name]), graph.slot_units(group, name, "in"), group.units
+        )
     return unused
+
+
+def _zero_inputs(module: nn.Module) -> Tensor:
+    """Whether each input channel (feature) of a conv/linear layer is read by zero weights only."""
+    weight = module.weight.detach()
+    if isinstance(module, nn.Conv2d) and module.groups > 1:
+        g = module.groups
+        per_group = weight.reshape(g, weight.shape[0] // g, weight.shape[1], -1)  # (G, b, a, k·k)
+        return (per_group == 0).all(3).all(1).flatten().cpu()  # group-major: channel g·a + q
+    return (weight.transpose(0, 1).flatten(1) == 0).all(1).cpu()

@@ -313,3 +313,17 @@ def decompose(model: nn.Module, plan: Mapping[str, tuple[str, int]]) -> nn.Modul
         setattr(new.get_submodule(parent_name), leaf, LowRankConv2d._from_svd(conv, scheme, rank, svd))
     record(new, LowRankEdit({name: (scheme, rank) for name, (scheme, rank) in plan.items()}))
     return new
+
+
+def lowrank_macs(
+    conv: nn.Conv2d, scheme: str, rank: int, in_hw: tuple[int, int], out_hw: tuple[int, int]
+) -> int:
+    """MACs per image of `conv` factorised at `rank` (what `LowRankConv2d.prunekit_cost` counts), from
+    its input and output sizes alone, so a rank can be priced before anything is built."""
+    _check_scheme(scheme)
+    n, c, kh, kw = conv.weight.shape
+    h_out, w_out = out_hw
+    if scheme == "NC":
+        return rank * c * kh * kw * h_out * w_out + n * rank * h_out * w_out
+    # The vertical factor strides rows only, so it runs at the input width.
+    return rank * c * kh * h_out * in_hw[1] + n * rank * kw * h_out * w_out

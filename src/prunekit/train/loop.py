@@ -23,7 +23,7 @@ from prunekit.errors import ConfigError, DataError, PrunekitError
 from prunekit.train.config import TrainConfig
 from prunekit.train.distributed import DistInfo, all_reduce_sum, broadcast_from_main
 from prunekit.train.hooks import Hooks
-from prunekit.train.losses import training_loss
+from prunekit.train.losses import training_losses
 from prunekit.train.metrics import topk_correct
 from prunekit.train.optim import build_optimizer
 from prunekit.train.progress import EpochReporter, make_reporter
@@ -237,7 +237,8 @@ def _train_epoch(
         train.set_epoch(epoch)
     hooks = run.hooks
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    sums = torch.zeros(4, dtype=torch.float64, device=run.device)  # loss·n, correct, penalty, samples
+    # loss·n, correct, penalty, samples, distillation term·n
+    sums = torch.zeros(5, dtype=torch.float64, device=run.device)
     seen = 0
     lr = schedule(step)
     t0 = last_shown = time.perf_counter()
@@ -257,7 +258,7 @@ def _train_epoch(
             if run.teacher is not None:
                 with torch.no_grad():
                     teacher_logits = run.teacher(x)
-        loss = training_loss(
+        loss, kd = training_losses(
             logits,
             y,
             label_smoothing=cfg.label_smoothing,
@@ -281,6 +282,8 @@ def _train_epoch(
         n = y.shape[0]
         seen += n
         sums[0] += loss.detach() * n
+        if kd is not None:
+            sums[4] += kd.detach() * n
         sums[1] += (logits.detach().argmax(dim=1) == y).sum()
         if reporter is not None and reporter.live:
             now = time.perf_counter()
@@ -297,7 +300,7 @@ def _train_epoch(
     if seen == 0:
         raise DataError("the training loader yielded no batches")
     sums[3] = seen
-    loss_sum, correct, penalty_sum, samples = all_reduce_sum(sums, run.dist).tolist()  # the epoch's one sync
+    loss_sum, correct, penalty_sum, samples, kd_sum = all_reduce_sum(sums, run.dist).tolist()  # one sync
     elapsed = time.perf_counter() - t0
     batches = i + 1
     record: dict[str, Any] = {
@@ -311,6 +314,8 @@ def _train_epoch(
         "images_per_s": samples / elapsed,
         "epoch_time_s": elapsed,
     }
+    if run.teacher is not None:
+        record["train_kd_loss"] = kd_sum / samples  # T²·KL(teacher ‖ student), before the kd_alpha weight
     if hooks.has_penalty:
         world = run.dist.world_size if run.dist is not None else 1
         record["train_penalty"] = penalty_sum / (batches * world)

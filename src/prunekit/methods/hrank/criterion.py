@@ -3,7 +3,8 @@
 The criterion (specs/hrank.md §1): for every ranked conv, the matrix rank of each output channel's H×W
 map, averaged over a few hundred training images. Maps are taken where HRank's code hooks them (after
 the ReLU, sometimes after a max-pool or the residual add; see `layouts`). Ranks are computed inside
-forward hooks, one batched SVD per layer and batch, so memory never exceeds one layer's maps.
+the shared calibration pass (`feature_pass`), one batched rank test per layer and batch, so memory never
+exceeds one layer's maps.
 
 `HRank` is the one-shot variant (HRankPlus): score once on the dense model, then a plan that physically
 removes the ``int(rate * n)`` lowest-ranked filters per conv. Layers coupled by a residual add keep one
@@ -14,7 +15,6 @@ the real way.
 from __future__ import annotations
 
 import warnings
-from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
@@ -40,7 +40,9 @@ from prunekit.methods.base import (
 )
 from prunekit.methods.base import select_kept as stable_select_kept
 from prunekit.methods.budget import BudgetResult, meet_budget
+from prunekit.methods.feature_pass import feature_pass
 from prunekit.methods.hrank.layouts import PRESETS, EntryOrder, Tap, conv_rates, layout_for
+from prunekit.methods.hrank.linear import hidden_linears, linear_ranks
 from prunekit.methods.selection import Selection, parse_selection
 from prunekit.models import create, default_input_shape
 from prunekit.surgery.channels import apply as apply_plan
@@ -61,48 +63,65 @@ def feature_map_ranks(maps: Tensor) -> Tensor:
 
     Default tolerance of `torch.linalg.matrix_rank` (σ > σ_max · max(H, W) · ε), HRank's rule; float32
     because ε is the float32 one HRank used (a half-precision map would get a far coarser ε).
+
+    The result equals `torch.linalg.matrix_rank` map by map, at a fraction of its cost: all-zero maps
+    (dead filters after the ReLU) have rank 0; a Cholesky factorisation of the float64 Gram matrix proves
+    most live maps full rank; the Gram's eigenvalues rank the others; only a map with a singular value
+    near the tolerance, where float32 SVD rounding decides, goes to `matrix_rank` itself.
     """
     if maps.dim() != 4:
         raise ValueError(f"feature maps must be (B, C, H, W), got shape {tuple(maps.shape)}")
     stack = maps.detach().float().flatten(0, 1)
     ranks = torch.zeros(stack.shape[0], dtype=torch.long, device=stack.device)
-    # Two cheap exact shortcuts before the SVD, which dominates the cost: all-zero maps (dead filters
-    # after the ReLU) have rank 0, and most live maps are provably full rank.
     undecided = torch.count_nonzero(stack, dim=(1, 2)).nonzero().squeeze(1)
     live = stack if undecided.numel() == stack.shape[0] else stack[undecided]
-    full = _surely_full_rank(live)
+    if live.numel() == 0:
+        return ranks.view(maps.shape[:2])
+    gram = _gram(live)
+    full = _surely_full_rank(gram, *stack.shape[1:])
     ranks[undecided[full]] = min(stack.shape[1:])
     if not bool(full.all()):
-        ranks[undecided[~full]] = torch.linalg.matrix_rank(live[~full])
+        rest = undecided[~full]
+        found, unsure = _eigen_ranks(gram[~full], *stack.shape[1:])
+        ranks[rest] = found
+        if bool(unsure.any()):
+            ranks[rest[unsure]] = torch.linalg.matrix_rank(live[~full][unsure])
     return ranks.view(maps.shape[:2])
 
 
-def _surely_full_rank(stack: Tensor) -> Tensor:
-    """True where an (N, H, W) map's smallest singular value exceeds twice matrix_rank's tolerance.
-
-    σ_min > τ ⇔ G − τ²I is positive definite for the Gram matrix G = MᵀM (or MMᵀ, the smaller), which a
-    Cholesky factorisation decides at a small fraction of an SVD's cost. τ uses ‖M‖_F ≥ σ_max and a factor
-    2, so every map it accepts has σ_min well above matrix_rank's own threshold σ_max·max(H, W)·ε even after
-    float32 SVD rounding; the maps near the threshold go to the SVD. Float64 keeps the Gram's rounding
-    (~1e-16·σ_max²) far below τ² (~1e-11·‖M‖_F²).
-    """
-    if stack.numel() == 0:
-        return torch.zeros(0, dtype=torch.bool, device=stack.device)
-    h, w = stack.shape[1:]
+def _gram(stack: Tensor) -> Tensor:
+    """MMᵀ or MᵀM (the smaller) of each (N, H, W) map, in float64: products of float32 values are exact
+    there and the sums round at ~1e-16·σ_max², far below any threshold used here."""
     m = stack.double()
-    gram = m @ m.mT if h <= w else m.mT @ m
+    return m @ m.mT if m.shape[1] <= m.shape[2] else m.mT @ m
+
+
+def _surely_full_rank(gram: Tensor, h: int, w: int) -> Tensor:
+    """True where a map's smallest singular value exceeds twice matrix_rank's tolerance.
+
+    σ_min > τ ⇔ G − τ²I is positive definite for the Gram matrix G, which a Cholesky factorisation decides
+    at a small fraction of an SVD's cost. τ uses ‖M‖_F ≥ σ_max and a factor 2, so every map it accepts has
+    σ_min well above matrix_rank's own threshold σ_max·max(H, W)·ε even after float32 SVD rounding.
+    """
     tol = 2 * max(h, w) * torch.finfo(torch.float32).eps
     shift = gram.diagonal(dim1=-2, dim2=-1).sum(-1) * tol**2  # ‖M‖_F² · tol²
-    gram -= shift[:, None, None] * torch.eye(min(h, w), dtype=gram.dtype, device=gram.device)
-    return torch.linalg.cholesky_ex(gram).info == 0
+    shifted = gram - shift[:, None, None] * torch.eye(min(h, w), dtype=gram.dtype, device=gram.device)
+    return torch.linalg.cholesky_ex(shifted).info == 0
 
 
-def _batches(source: Tensor | Iterable[Any], batch_size: int) -> Iterable[Tensor]:
-    if isinstance(source, Tensor):
-        yield from source.split(batch_size)
-        return
-    for item in source:
-        yield item if isinstance(item, Tensor) else item[0]  # (images, labels, ...) from a loader
+def _eigen_ranks(gram: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
+    """(rank, unsure) of each map from its Gram matrix's eigenvalues σ².
+
+    The symmetric eigensolver is several times cheaper than an SVD. Its σ are accurate to ~1e-8·σ_max,
+    while float32 SVD — what `matrix_rank` runs — moves a singular value by a few ε·σ_max (its tolerance
+    max(H, W)·ε·σ_max is chosen to exceed that). A map with any σ within half the tolerance of it is
+    `unsure`: there the two may disagree, so the caller asks `matrix_rank`; everywhere else they cannot.
+    """
+    sigma = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()  # ascending
+    tol = sigma[:, -1:] * (max(h, w) * torch.finfo(torch.float32).eps)
+    rank = (sigma > tol).sum(1)
+    unsure = ((sigma - tol).abs() <= 0.5 * tol).any(1)
+    return rank, unsure
 
 
 def hrank_scores(
@@ -122,63 +141,25 @@ def hrank_scores(
     if n_images < 1:
         raise ConfigError(f"n_images must be at least 1, got {n_images}")
     taps = layout_for(model).taps if taps is None else taps
-    modules = dict(model.named_modules())
-    missing = sorted(
-        {t.module for t in taps if t.module not in modules} | {t.conv for t in taps} - set(modules)
-    )
-    if missing:
-        raise ConfigError(f"HRank taps name modules the model does not have: {', '.join(missing)}")
-
-    # One rank computation per distinct (module, channel slice); several convs may share it.
-    slices: dict[nn.Module, dict[tuple[int, int | None], list[str]]] = defaultdict(lambda: defaultdict(list))
-    for tap in taps:
-        slices[modules[tap.module]][(tap.start, tap.stop)].append(tap.conv)
-    names = {module: name for name, module in modules.items()}
     # Integer rank sums on the model's device, divided once at the end: the exact mean, which HRank's
     # float32 running mean only approximates.
     totals: dict[str, Tensor] = {}
-    calls: dict[nn.Module, int] = defaultdict(int)
 
-    def hook(module: nn.Module, _inputs: Any, output: Tensor) -> None:
-        calls[module] += 1
-        if calls[module] > 1:
-            raise ConfigError(
-                f"module {names[module]!r} runs more than once per forward; HRank cannot tell its calls "
-                "apart — give each use its own module"
-            )
-        for (start, stop), convs in slices[module].items():
-            ranks = feature_map_ranks(output[:, start:stop]).sum(0)
-            for conv in convs:
-                totals[conv] = totals[conv] + ranks if conv in totals else ranks
+    def reduce(convs: tuple[str, ...], maps: Tensor) -> None:
+        ranks = feature_map_ranks(maps).sum(0)
+        for conv in convs:
+            totals[conv] = totals[conv] + ranks if conv in totals else ranks
 
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    handles = [module.register_forward_hook(hook) for module in slices]
-    training = {module: module.training for module in modules.values()}
-    seen = 0
-    try:
-        model.eval()
-        with torch.no_grad():
-            for batch in _batches(batches, batch_size):
-                batch = batch[: n_images - seen].to(device, non_blocking=True)
-                calls.clear()
-                model(batch)
-                seen += len(batch)
-                if seen >= n_images:
-                    break
-    finally:
-        for module, flag in training.items():
-            module.train(flag)
-        for handle in handles:
-            handle.remove()
-    if seen == 0:
-        raise ConfigError("HRank needs images to rank feature maps; the batches were empty")
+    seen = feature_pass(
+        model, batches, taps, reduce, n_images=n_images, batch_size=batch_size, who="HRank"
+    ).images
     if seen < n_images:
         warnings.warn(
             f"HRank ranked feature maps on {seen} images, fewer than n_images={n_images}", stacklevel=2
         )
     scores = {conv: (total.double() / seen).float().cpu() for conv, total in totals.items()}
     for tap in taps:
-        expected = modules[tap.conv].out_channels
+        expected = model.get_submodule(tap.conv).out_channels
         if scores[tap.conv].numel() != expected:
             raise ConfigError(
                 f"HRank tap for {tap.conv!r} on {tap.module!r}[{tap.start}:{tap.stop}] gives "
@@ -354,6 +335,10 @@ class HRank(ScoringMethod):
             rates = conv_rates(layout, self.selection.spec)
         else:  # a budget alone scales one rate for every entry
             rates = {conv: 1.0 for convs in layout.entries for conv in convs}
+        if self.selection.sequence is None:  # a uniform ratio or a budget: hidden linears too, as for L1
+            uniform = 1.0 if self.selection.uniform is None else self.selection.uniform
+            names = [name for group in groups for name in group.members]
+            rates.update(dict.fromkeys(hidden_linears(model, names), uniform))
         ratios = couple_ratios(groups, rates, set(rates), from_list=True)
         if self.selection.budget is None:
             return ratios, None
@@ -377,6 +362,10 @@ class HRank(ScoringMethod):
         self.scores = hrank_scores(
             model, calib, n_images=self.options.n_images, batch_size=self.options.batch_size
         )
+        if self.selection.sequence is None and not self.selection.rules and isinstance(calib, Tensor):
+            names = (name for group in prunable_groups(model, calib[:1]) for name in group.members)
+            linears = hidden_linears(model, names)
+            self.scores |= linear_ranks(model, calib, linears, self.options.n_images, self.options.batch_size)
 
     def score(self, model: nn.Module, layer: str, calib: Calib | None) -> Tensor | None:
         if self.scores is None:

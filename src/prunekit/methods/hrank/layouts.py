@@ -10,12 +10,14 @@ the HRank release this module adds, as data built from the model's own module na
 - the **presets**: every published configuration, by name.
 
 A model that declares taps but is not of a family listed here gets one entry per tapped conv. Any model
-that declares none falls back to one entry per conv, ranked after the ReLU that follows it.
+that declares none falls back to one entry per conv, ranked after the activation its output flows into
+(or on its own output where there is none: `models.taps.fallback_activation_taps`).
 """
 
 from __future__ import annotations
 
 import warnings
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
@@ -28,7 +30,7 @@ from prunekit.methods.selection import parse_selection
 from prunekit.models.densenet import DenseNet
 from prunekit.models.googlenet import GoogLeNet
 from prunekit.models.resnet_imagenet import ImageNetResNet
-from prunekit.models.taps import FeatureTap, feature_taps
+from prunekit.models.taps import FeatureTap, fallback_activation_taps, feature_taps
 from prunekit.models.vgg import VGG16BN
 
 #: Which order reads a compress_rate: HRank's masks (the real pruning) or its FLOPs script.
@@ -129,37 +131,38 @@ _FAMILIES = (
 )
 
 
+#: Fallback layouts already found, per model: one run asks for the layout from several places (and some
+#: of them reset the warning filters), so the trace and its warning happen once per model.
+_FALLBACKS: weakref.WeakKeyDictionary[nn.Module, ArchLayout] = weakref.WeakKeyDictionary()
+
+
 def _fallback(model: nn.Module, arch: str) -> ArchLayout:
-    """One entry per Conv2d in registration order, ranked on the first ReLU registered after it."""
-    modules = list(model.named_modules())
-    entries: list[tuple[str, ...]] = []
-    taps: list[Tap] = []
-    unmatched: list[str] = []
-    for i, (name, module) in enumerate(modules):
-        if not isinstance(module, nn.Conv2d):
-            continue
-        entries.append((name,))
-        relu = None
-        for later, candidate in modules[i + 1 :]:
-            if isinstance(candidate, nn.Conv2d):
-                break
-            if isinstance(candidate, nn.ReLU):
-                relu = later
-                break
-        if relu is None:
-            unmatched.append(name)
-        taps.append(Tap(name, relu if relu is not None else name))
+    """One entry per Conv2d in registration order, each ranked after the activation its output flows into
+    where there is one (`models.taps.fallback_activation_taps`), on its own output otherwise."""
+    entries = tuple((name,) for name, m in model.named_modules() if isinstance(m, nn.Conv2d))
+    cached = _FALLBACKS.get(model)
+    if cached is not None and (cached.arch, cached.entries) == (arch, entries):
+        return cached
+    found = fallback_activation_taps(model)
     message = (
-        f"HRank has no tap points for {arch!r}; ranking each conv on the first ReLU module registered "
-        "after it (module order)"
+        f"HRank has no tap points for {arch!r}; ranking each conv on the output of the ReLU (or other "
+        "activation module) its output flows into"
     )
-    if unmatched:
+    if not found.traced:
+        message += "; the forward could not be traced, so every conv is ranked on its own output"
+    elif found.raw:
         # Pre-ReLU maps are almost always full rank (HRank issue #13), so these scores are weak.
-        message += f"; no ReLU follows {', '.join(unmatched)}, which are ranked on their raw output"
-    # Attributed to this line, not to the caller: one run asks for the layout from several places, and
-    # Python's default filter then says it once.
+        shown = ", ".join(found.raw[:8]) + (f" (+{len(found.raw) - 8} more)" if len(found.raw) > 8 else "")
+        message += (
+            f"; no ReLU follows {shown} (or it is functional or reused in the forward), which are "
+            "ranked on their own output"
+        )
+    if found.untapped:
+        message += f"; not ranked (run more than once per forward, or never): {', '.join(found.untapped)}"
     warnings.warn(message, stacklevel=1)
-    return ArchLayout(arch, tuple(entries), tuple(taps), fallback=True)
+    layout = ArchLayout(arch, entries, found.taps, fallback=True)
+    _FALLBACKS[model] = layout
+    return layout
 
 
 def layout_for(model: nn.Module) -> ArchLayout:
