@@ -65,7 +65,8 @@ def run_demo(
         overwrite=overwrite,
         say=console.rule,
     )
-    table = Table(title=f"prunekit demo: every method at {DEMO_BUDGET:g}× the dense MACs (Fashion-MNIST, CPU)")
+    title = f"prunekit demo: every method at {DEMO_BUDGET:g}× the dense MACs (Fashion-MNIST, CPU)"
+    table = Table(title=title)
     shown = ("method", "params", "MACs", "MAC speed-up", "latency speed-up", "top-1 last", "top-1 before FT")
     for column in shown:
         table.add_column(column, justify="left" if column == "method" else "right")
@@ -75,5 +76,5 @@ def run_demo(
     console.print(table)
     for row, error in result.failed.items():
         console.print(f"[red]{row} failed[/red]: {error}")
-    console.print(f"wrote {Path(out)}/compare.md, compare.csv, summary.json and plots (per-run folders inside)")
+    console.print(f"wrote {Path(out)}/compare.md, compare.csv, summary.json and plots (a run folder per row)")
     return result

@@ -1,8 +1,17 @@
 """Pruning methods behind one protocol: ``create_method(name, **options)``, ``list_methods()``."""
 
-from prunekit.methods import deephoyer, fpgm, hrank, l1, random_filters, redundancy_graph, slimming, tpp  # noqa: F401  (registration)
-from prunekit.methods import torch_pruning  # noqa: F401  (registration: Torch-Pruning's pruners)
-from prunekit.methods import trp  # noqa: F401  (registration: trp, nuclear)
+from prunekit.methods import (  # noqa: F401  (registration)
+    deephoyer,
+    fpgm,
+    hrank,
+    l1,
+    random_filters,
+    redundancy_graph,
+    slimming,
+    torch_pruning,  # noqa: F401  (registration: Torch-Pruning's pruners)
+    tpp,
+    trp,  # noqa: F401  (registration: trp, nuclear)
+)
 from prunekit.methods.base import (
     Calib,
     ChannelKeep,
