@@ -23,6 +23,14 @@ from pathlib import Path
 from prunekit.cli import main as prunekit_main
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+#: TPP's and GReg's λ ramps declare their own stage length (110,001 steps by default); on a CPU they get the
+#: short ramp (about 65 steps: 20 λ updates, 45 held) unless --full-schedules.
+_RAMP = "update_reg_interval=1 reg_granularity=0.05 stabilize_reg_interval=45"
+SHORT_RAMPS = {
+    "tpp": f"{_RAMP} zero_out_interval=2",
+    "greg1": _RAMP,
+    "greg2": f"{_RAMP} reg_granularity_pick=2e-3",
+}
 
 
 def main() -> int:
@@ -41,6 +49,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", default="runs/compare_fashion")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--full-schedules", action="store_true", help="TPP/GReg with their published λ ramps")
     args = p.parse_args()
     argv = [
         "compare",
@@ -64,6 +73,12 @@ def main() -> int:
     ]  # fmt: skip
     if args.resume:
         argv.append("--resume")
+    if not args.full_schedules:
+        from prunekit.compare import parse_methods
+
+        for method in parse_methods(args.methods):
+            for item in SHORT_RAMPS.get(method, "").split():
+                argv += ["--option", f"{method}.{item}"]
     code = prunekit_main(argv)
     if code == 0:
         print((Path(args.out) / "compare.md").read_text())

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import torch
@@ -25,15 +25,6 @@ from prunekit.models.resnext import CifarResNeXt
 from prunekit.models.vgg import BearpawVGG19BN
 from prunekit.models.wide_resnet import WideResNet
 from prunekit.surgery import apply
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 #: bearpaw's README table (CIFAR-10), in millions of parameters.
 TABLE = {

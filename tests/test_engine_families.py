@@ -8,7 +8,6 @@ import copy
 import gc
 import warnings
 import weakref
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -33,14 +32,6 @@ from prunekit.model_file import save
 from prunekit.models import create
 from prunekit.surgery import apply
 from prunekit.surgery.graph import channel_groups, graph_of
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def neutralised(model: nn.Module) -> nn.Module:

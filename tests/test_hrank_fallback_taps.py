@@ -5,7 +5,6 @@ EfficientNet-style MBConvs or NASNet-style cells (`models.taps.fallback_activati
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -17,15 +16,6 @@ from prunekit.methods.hrank import hrank_scores
 from prunekit.methods.hrank.layouts import layout_for
 from prunekit.models import FeatureTap
 from prunekit.models.taps import fallback_activation_taps
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 # ---------------------------------------------------------------- small versions of the families
 

@@ -5,7 +5,6 @@ slimmed, budgets are still met, and a model without any eligible layer is refuse
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -17,15 +16,6 @@ from prunekit.measure import cost
 from prunekit.methods import create_method
 from prunekit.models import create
 from prunekit.models.preresnet import PreResNet
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 X = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(0))
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -14,15 +12,6 @@ from prunekit.models import create
 from prunekit.models.layers import ZeroPadShortcut
 from prunekit.surgery import apply, apply_with_report, coupling_groups, prunable_layers
 from prunekit.surgery.graph import ZeroPadShortcutPruner
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # These tensors are tiny: on a shared 2-core machine OpenMP threads cost ~100x more than they save.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def uniform_plan(model: nn.Module, groups: list[tuple[str, ...]], ratio: float) -> dict[str, list[int]]:

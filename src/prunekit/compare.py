@@ -222,8 +222,9 @@ def run_compare(
     run = open_run(out, overwrite=overwrite, resume=resume)
     if resume:
         _check_same(run.read_config(), config)
+    env = _Env(device, threads, progress, say)
     with run.recording(config, resume=resume):
-        return _compare(model, data, spec, run.path, train, model_kwargs, device, threads, progress, say)
+        return _compare(model, data, spec, run.path, train, model_kwargs, env)
 
 
 def _config(
@@ -264,6 +265,16 @@ def _jsonable(value: Any) -> Any:
     return json.loads(json.dumps(value, default=lambda v: list(v) if isinstance(v, tuple) else str(v)))
 
 
+@dataclass(frozen=True)
+class _Env:
+    """Where and how the rows run: the same for the dense model and every row."""
+
+    device: str | None
+    threads: int | None
+    progress: bool | None
+    say: Callable[[str], None]
+
+
 def _compare(
     model: str,
     data: DataSpec,
@@ -271,12 +282,10 @@ def _compare(
     out: Path,
     train: TrainConfig | None,
     model_kwargs: dict[str, Any] | None,
-    device: str | None,
-    threads: int | None,
-    progress: bool | None,
-    say: Callable[[str], None],
+    env: _Env,
 ) -> CompareResult:
-    dense_path = _dense(model, data, out, train, model_kwargs, device, threads, progress, say)
+    say, device, threads, progress = env.say, env.device, env.threads, env.progress
+    dense_path = _dense(model, data, out, train, model_kwargs, env)
     failed: dict[str, str] = {}
     summaries: dict[tuple[float, str, int], dict[str, Any]] = {}
     for budget in spec.budgets:
@@ -333,23 +342,20 @@ def _dense(
     out: Path,
     train: TrainConfig | None,
     model_kwargs: dict[str, Any] | None,
-    device: str | None,
-    threads: int | None,
-    progress: bool | None,
-    say: Callable[[str], None],
+    env: _Env,
 ) -> Path:
     """The dense model file: given, or trained once into ``out/dense`` (kept when already finished)."""
     if _is_file_name(model):
         return Path(model)
     assert train is not None  # `_check_model`
     if finished(out / "dense") is None:
-        say(f"training the dense {model} once ({train.epochs} epochs)")
+        env.say(f"training the dense {model} once ({train.epochs} epochs)")
         if (out / "dense").exists():
             shutil.rmtree(out / "dense")
-        train_run(model, data, train, out / "dense", model_kwargs=model_kwargs, device=device,
-                  latency_batches=(), threads=threads, progress=progress)  # fmt: skip
+        train_run(model, data, train, out / "dense", model_kwargs=model_kwargs, device=env.device,
+                  latency_batches=(), threads=env.threads, progress=env.progress)  # fmt: skip
     else:
-        say("dense model: finished earlier, kept")
+        env.say("dense model: finished earlier, kept")
     return out / "dense" / "model.safetensors"
 
 
@@ -412,7 +418,9 @@ def _dense_top1(dense: Any, dense_summary: dict[str, Any], summaries: dict) -> f
 
 def _best(path: Path, summary: dict[str, Any]) -> float:
     """Best validation top-1 of the row's fine-tune (its final top-1 when it did not fine-tune)."""
-    log = RunFolder(path, exist_ok=True).read_log()
+    if summary["pruned"].get("best_top1") is not None:
+        return float(summary["pruned"]["best_top1"])
+    log = RunFolder(path, exist_ok=True).read_log()  # runs written before prune summaries held it
     accuracies = [row["val_top1"] for row in log if "val_top1" in row]
     return max(accuracies, default=summary["pruned"]["top1"])
 

@@ -684,10 +684,12 @@ def prune_run(
             check_removed_something(method, model, pruned)
         pruned_eval = evaluate(pruned.model, val_loader, device=dev)
         final_top1, history = pruned_eval["top1"], []
+        best_top1 = final_top1
         if pruned.needs_finetune and finetune is not None and finetune.epochs > 0:
             handle = attach(pruned.model, pruned.masks) if pruned.masks else None
             result = stage.fit(pruned.model, hooks=[handle])
             history, final_top1 = run.read_log() or list(result.history), result.final_top1
+            best_top1 = result.best_top1
         small = pruned.model.to("cpu").eval()
         measured = compare_models(
             {"dense": dense.to("cpu").eval(), "pruned": small}, shape, latency_batches, threads
@@ -702,7 +704,12 @@ def prune_run(
             selection=method.selection.spec if method.selection is not None else None,
             options=_plain(dataclasses.asdict(method.options)),
             dense={"top1": dense_eval["top1"], **measured["dense"]},
-            pruned={"top1_before_finetune": pruned_eval["top1"], "top1": final_top1, **measured["pruned"]},
+            pruned={
+                "top1_before_finetune": pruned_eval["top1"],
+                "top1": final_top1,
+                "best_top1": best_top1,  # the fine-tune's best epoch; papers report both (e.g. TPP Tab. 1)
+                **measured["pruned"],
+            },
             widths_before=widths_before,
             widths_after=widths_after,
             sparsity=sparsity_report(small).to_dict() if pruned.masks else None,
