@@ -238,3 +238,25 @@ def test_cli_layerwise_on_fashion_mnist_and_bad_rates(tmp_path, shared_data, cap
     assert "ratio 1 is outside [0, 1)" in capsys.readouterr().err
     assert main([*base, "--ratios", "0.5", *layerwise, *data, "--out", out + "3"]) == 2
     assert "--finetune-epochs" in capsys.readouterr().err
+
+
+def test_a_uniform_ratio_reaches_the_hidden_linears_in_every_hrank_mode() -> None:
+    """As for L1, LeNet-5's fc1 loses half its units at ratio 0.5 in the one-shot, the masked and the
+    layer-wise modes (ranked by firing fraction); a list expression, HRank's own form, ranks convs only."""
+    import prunekit
+
+    train, val = synthetic((1, 28, 28))
+    torch.manual_seed(0)
+    dense = create("lenet5").eval()
+    x = next(iter(train))[0]
+    for mode in ("remove", "mask"):
+        pruned = prunekit.prune(dense, x[:1], method="hrank", ratio=0.5, calib=x, mode=mode, n_images=32)
+        widths = (pruned.conv1.out_channels, pruned.conv2.out_channels, pruned.fc1.out_features)
+        assert widths == (10, 25, 250), mode
+    method = create_method("hrank", rates="0.5", schedule="layerwise", n_images=32)
+    method.prepare(dense, x)
+    result = layerwise_prune(dense, method, train, val, STAGE, calib=x)
+    assert [s.kept for s in result.stages] == [{"conv1": 10}, {"conv2": 25}, {"fc1": 250}]
+    assert int(result.masks["fc1.weight"].flatten(1).all(1).sum()) == 250
+    listed = prunekit.prune(dense, x[:1], method="hrank", ratios="[0.5]*2", calib=x, n_images=32)
+    assert listed.fc1.out_features == 500

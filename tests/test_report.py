@@ -90,6 +90,11 @@ def test_report_rows_from_run_folders(tmp_path, capsys) -> None:
     )
     md = (tmp_path / "cmp" / "report.md").read_text()
     assert "| l1 | 89.00 | -1.00 | 300 | 1.00M | 4.00× | 1.000 | 2.00× |" in md
+    import csv
+
+    table = list(csv.reader((tmp_path / "cmp" / "report.csv").read_text().splitlines()))
+    assert table[2][:8] == ["l1", "89.00", "-1.00", "300", "1.00M", "4.00×", "1.000", "2.00×"]
+    assert len({len(row) for row in table}) == 1  # header and rows: one column each
     RunFolder(tmp_path / "odd").write_summary({"kind": "demo"})
     assert main(["report", str(tmp_path / "odd")]) == 2
     assert "cannot be compared" in capsys.readouterr().err

@@ -488,6 +488,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         SEPARATE,
         CostPoint,
         RunFolder,
+        comparison_csv,
         comparison_markdown,
         comparison_table,
         model_files_present,
@@ -521,7 +522,8 @@ def cmd_report(args: argparse.Namespace) -> int:
             + comparison_markdown(rows, timing, paired=measure)
             + f"\n![accuracy vs MACs and latency]({plot.name})\n",
         )
-        print(f"wrote {out.path}/report.md and {plot.name}")
+        out.write_text("report.csv", comparison_csv(rows, paired=measure))
+        print(f"wrote {out.path}/report.md, report.csv and {plot.name}")
     return 0
 
 

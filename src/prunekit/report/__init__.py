@@ -14,6 +14,7 @@ from prunekit.report.tables import (
     INTERLEAVED,
     SEPARATE,
     ComparisonRow,
+    comparison_csv,
     comparison_markdown,
     comparison_table,
 )
@@ -25,6 +26,7 @@ __all__ = [
     "CostPoint",
     "RunFolder",
     "Timing",
+    "comparison_csv",
     "comparison_markdown",
     "comparison_table",
     "model_file_of",

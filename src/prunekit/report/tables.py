@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import csv
+import io
+
 from dataclasses import dataclass, field
 
 from rich.table import Table
@@ -124,3 +127,13 @@ def comparison_markdown(rows: list[ComparisonRow], timing: str | None = None, pa
     lines.append("")
     lines += [f"_{note}._  " for note in _footnotes(rows, timing, paired)]
     return "\n".join(lines) + "\n"
+
+
+def comparison_csv(rows: list[ComparisonRow], paired: bool = False) -> str:
+    """The same table as `comparison_markdown`, as CSV (one header row, the cells as shown)."""
+    head, body = _columns(rows, paired)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(head)
+    writer.writerows(body)
+    return buffer.getvalue()

@@ -27,9 +27,10 @@ from torch import Tensor, nn
 from prunekit.errors import ConfigError
 from prunekit.measure import CONVENTION, cost
 from prunekit.measure.hrank_counter import LegacyCost, hrank_legacy_count
-from prunekit.methods.base import Pruned
+from prunekit.methods.base import Pruned, prunable_groups
 from prunekit.methods.hrank.criterion import HRank, hrank_scores, hrank_select
 from prunekit.methods.hrank.layouts import ArchLayout, conv_rates, layout_for
+from prunekit.methods.hrank.linear import hidden_linears, linear_ranks
 from prunekit.surgery import MaskHandle, MaskSet, apply, attach, fold, record_masks
 from prunekit.surgery.dead_channels import zero_channel_plan
 from prunekit.surgery.equivalence import check_same_outputs
@@ -190,7 +191,7 @@ def filter_masks(
     masks = MaskSet({})
     for conv, indices in kept.items():
         module = modules[conv]
-        keep = torch.zeros(module.out_channels, dtype=torch.bool)
+        keep = torch.zeros(_width(module), dtype=torch.bool)
         keep[list(indices)] = True
         if bool(keep.all()):
             continue
@@ -206,9 +207,38 @@ def filter_masks(
 # ---------------------------------------------------------------- schedules
 
 
+def _width(module: nn.Module) -> int:
+    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+
+
 def _entries(layout: ArchLayout, rates: Mapping[str, float]) -> list[tuple[int, tuple[str, ...], float]]:
     # Entries that name no conv (VGG's 13th) are read but never pruned: no stage, as in HRank.
     return [(k, convs, rates.get(convs[0], 0.0)) for k, convs in enumerate(layout.entries) if convs]
+
+
+def _hidden_linear_entries(
+    method: HRank, model: nn.Module, layout: ArchLayout, calib: Tensor | None, example: Tensor
+) -> list[tuple[int, tuple[str, ...], float]]:
+    """A uniform ratio reaches the classifier's hidden linear layers as it does for every method: one more
+    entry after the convs' (the paper ranks convs only, so its list expressions never add it). Their
+    scores are the firing fractions of `methods.hrank.linear`."""
+    selection = method.selection
+    if selection.sequence is not None or selection.rules or selection.uniform is None:
+        return []
+    names = [name for group in prunable_groups(model, example) for name in group.members]
+    linears = tuple(hidden_linears(model, names))
+    if not linears:
+        return []
+    assert method.scores is not None
+    missing = [name for name in linears if name not in method.scores]
+    if missing:
+        if not isinstance(calib, Tensor):
+            raise ConfigError(
+                f"HRank needs calibration images to rank the hidden units of {', '.join(missing)}"
+            )
+        options = method.options
+        method.scores |= linear_ranks(model, calib, missing, options.n_images, options.batch_size)
+    return [(len(layout.entries), linears, selection.uniform)]
 
 
 def _ensure_scores(
@@ -239,6 +269,7 @@ def mask_prune(model: nn.Module, method: HRank, calib: Tensor) -> LayerwiseResul
     layout = layout_for(model)
     entries = _entries(layout, method.conv_rates(model))
     _ensure_scores(model, method, layout, calib)
+    entries += _hidden_linear_entries(method, model, layout, calib, calib[:1])
     masked = copy.deepcopy(model)
     kept: dict[str, list[int]] = {}
     for _, convs, rate in entries:
@@ -278,6 +309,7 @@ def layerwise_prune(
         )
     _ensure_scores(model, method, layout, calib if calib is not None else train)
     example = _example(calib, train)
+    entries += _hidden_linear_entries(method, model, layout, calib, example)
     model = copy.deepcopy(model)
     modules = dict(model.named_modules())
     fed = fed_batchnorms(model, example)  # the data flow does not change with the weights: trace once
@@ -286,7 +318,7 @@ def layerwise_prune(
     for entry, convs, rate in entries:
         kept = _kept(method, convs, rate)
         masks = masks & filter_masks(model, kept, example, fed)
-        prunes = any(len(k) < modules[c].out_channels for c, k in kept.items())
+        prunes = any(len(k) < _width(modules[c]) for c, k in kept.items())
         trains = (prunes or not skip) and (train_stages is None or entry + 1 in train_stages)
         handle = attach(model, masks)  # zeroes the new filters now, and every gradient of a masked weight
         try:
