@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import io
-
 from dataclasses import dataclass, field
 
 from rich.table import Table
