@@ -10,13 +10,12 @@ module. (The zoo's `densenet40` is HRank's DenseNet-40 without bottlenecks; see 
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import ConfigError
+from prunekit.models.layers import bearpaw_init
 from prunekit.models.registry import register_model
 
 
@@ -84,13 +83,7 @@ class DenseNetBC(nn.Module):
         # bearpaw's AvgPool2d(8) on the 8×8 map; adaptive also fits the 7×7 map of a 28×28 input.
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(self.inplanes, num_classes)
-        for m in self.modules():  # bearpaw's init: conv N(0, sqrt(2/(k·k·C_out))), BN γ=1 β=0
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        bearpaw_init(self)
 
     def _dense_block(self, layers: int, drop: float) -> nn.Sequential:
         block = []

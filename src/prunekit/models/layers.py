@@ -39,3 +39,17 @@ class ZeroPadShortcut(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.in_channels}, {self.out_channels}, stride={self.stride}, mapped={self.src.numel()}"
+
+
+def bearpaw_init(model: nn.Module, *, zero_linear_bias: bool = False) -> None:
+    """bearpaw/pytorch-classification's initialisation, shared by its CIFAR models: every conv weight
+    N(0, sqrt(2 / (k·k·C_out))), BatchNorm γ = 1 and β = 0; WRN also zeroes the classifier's bias."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
+            nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif zero_linear_bias and isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)

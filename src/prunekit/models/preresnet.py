@@ -10,12 +10,11 @@ here each use has its own (``relu1``, ``relu2``, ...), since hooks tell layers a
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
+from prunekit.models.layers import bearpaw_init
 from prunekit.models.registry import register_model
 
 
@@ -103,13 +102,7 @@ class PreResNet(nn.Module):
         # bearpaw's AvgPool2d(8) on the 8×8 map; adaptive also fits the 7×7 map of a 28×28 input.
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(64 * block.expansion, num_classes)
-        for m in self.modules():  # bearpaw's init: conv N(0, sqrt(2/(k·k·C_out))), BN γ=1 β=0
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        bearpaw_init(self)
 
     def _make_layer(self, block: type, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         shortcut = None

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
-from prunekit.models.layers import ZeroPadShortcut
+from prunekit.models.layers import ZeroPadShortcut, bearpaw_init
 from prunekit.models.registry import register_model
 from prunekit.models.taps import FeatureTap
 
@@ -199,13 +199,7 @@ class BottleneckResNet(nn.Module):
         # bearpaw's AvgPool2d(8) on the 8×8 map; adaptive also fits the 7×7 map of a 28×28 input.
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(in_planes, num_classes)
-        for m in self.modules():  # bearpaw's init: conv N(0, sqrt(2/(k·k·C_out))), BN γ=1 β=0
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        bearpaw_init(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(self.bn1(self.conv1(x)))

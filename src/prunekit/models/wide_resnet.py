@@ -9,13 +9,12 @@ activated input, while a same-width block adds the raw input.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from prunekit.errors import ConfigError
+from prunekit.models.layers import bearpaw_init
 from prunekit.models.registry import register_model
 
 
@@ -92,15 +91,7 @@ class WideResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels[3], num_classes)
         self.nChannels = channels[3]
-        for m in self.modules():  # bearpaw's init: conv N(0, sqrt(2/(k·k·C_out))), BN γ=1 β=0, FC bias 0
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        bearpaw_init(self, zero_linear_bias=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.block3(self.block2(self.block1(self.conv1(x))))
