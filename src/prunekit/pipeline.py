@@ -472,6 +472,7 @@ class PruneSpec:
     target_latency: float | None = None
     speedup_latency: float | None = None
     round_to: int | str | None = None  # kept widths multiples of it; "auto": measured on this machine
+    step_scale: float = 1.0  # a shortened run: the stage a method declares in steps, this much as long
 
     def selection(self, threads: int = 1, batch_size: int = 1) -> Selection | None:
         """The selection; a latency budget is stated at `batch_size` and `threads`."""
@@ -490,7 +491,8 @@ class PruneSpec:
         """The configured method; every option and the selection are checked here, before any work."""
         if self.calib_images is not None and self.calib_images < 1:
             raise ConfigError(f"calib_images must be at least 1, got {self.calib_images}")
-        return create_method(self.method, self.selection(threads, batch_size), **self.options)
+        method = create_method(self.method, self.selection(threads, batch_size), **self.options)
+        return method.shortened(self.step_scale)
 
 
 def build_method(

@@ -124,7 +124,8 @@ def run_recipe(
     """dense (trained or given) → prune with the recipe's method → summary beside the published numbers."""
     if not 0 < epochs_scale <= 1:
         raise ConfigError(f"--epochs-scale must be in (0, 1], got {epochs_scale:g}")
-    spec = PruneSpec(recipe.method, options=recipe.options)
+    # A shortened run shortens the sparsify stage a method declares in steps too (TPP's λ ramp).
+    spec = PruneSpec(recipe.method, options=recipe.options, step_scale=epochs_scale)
     spec.build()  # a mistyped method or option fails now, not after the dense stage
     # So do the stages' keys and values, the data options and the run folder.
     for stage in (recipe.dense if "epochs" in recipe.dense else None, recipe.finetune, recipe.sparsify):

@@ -116,6 +116,28 @@ class Method:
         clone.selection = None
         return clone
 
+    #: How the options that set a sparsify stage the method declares in steps (`sparsify_steps`) follow a
+    #: shortened run (recipes' ``--epochs-scale``): ``"increment"`` options grow by 1/scale (a ramp reaches
+    #: its end in proportionally fewer updates), ``"interval"`` options shrink by the scale (at least 1).
+    step_options: ClassVar[dict[str, str]] = {}
+
+    def shortened(self, scale: float) -> Method:
+        """This method with the stage it declares in steps about `scale` times as long, for smoke runs;
+        a method that declares no steps is returned as it is (its stage follows the run's epochs)."""
+        if scale == 1.0 or not self.step_options:
+            return self
+        if not 0 < scale < 1:
+            raise ConfigError(f"a shortened schedule needs a scale in (0, 1], got {scale:g}")
+        values = {
+            key: max(1, round(getattr(self.options, key) * scale))
+            if kind == "interval"
+            else getattr(self.options, key) / scale
+            for key, kind in self.step_options.items()
+        }
+        clone = copy.copy(self)
+        clone.options = dataclasses.replace(self.options, **values)
+        return clone
+
     def calib_images(self) -> int:
         """How many training images the run draws for `prepare`/`prune` (tracing, data-driven scores)."""
         return 128

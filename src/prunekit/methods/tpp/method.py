@@ -402,6 +402,11 @@ class TPP(RegularisedPruning):
     name = "tpp"
     Options = TPPOptions
     options: TPPOptions
+    step_options = {
+        "reg_granularity": "increment",
+        "stabilize_reg_interval": "interval",
+        "zero_out_interval": "interval",
+    }
     cap = 0.995
     released_ramp = True
 
@@ -473,6 +478,7 @@ class GReg1(RegularisedPruning):
 
     name = "greg1"
     Options = GReg1Options
+    step_options = {"reg_granularity": "increment", "stabilize_reg_interval": "interval"}
     options: GReg1Options
 
     def penalty(self, model: nn.Module, step: int = 0) -> Tensor | None:
@@ -499,6 +505,11 @@ class GReg2(GReg1):
 
     name = "greg2"
     Options = GReg2Options
+    step_options = {
+        "reg_granularity": "increment",
+        "reg_granularity_pick": "increment",
+        "stabilize_reg_interval": "interval",
+    }
     options: GReg2Options
 
     def pick_ramp(self) -> Ramp:
