@@ -150,3 +150,12 @@ def test_the_cli_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path: Path
         assert not out.exists()
     assert main(["compare", "--model", str(tmp_path / "missing.safetensors"), "--out", str(out)]) == 2
     assert "dense model file" in capsys.readouterr().err and not out.exists()
+    from prunekit import model_file
+    from prunekit.models import create
+
+    dense = model_file.save(create("lenet5"), tmp_path / "dense.safetensors", info={"dataset": "synthetic"})
+    assert main(["compare", "--model", str(dense), "--epochs", "3", "--out", str(out)]) == 2
+    assert "--epochs and --shortcut only apply when --model names an architecture" in capsys.readouterr().err
+    assert main(["compare", "--model", str(dense), "--lr", "0.3", "--out", str(out)]) == 2
+    assert "use --finetune-lr" in capsys.readouterr().err
+    assert not out.exists()

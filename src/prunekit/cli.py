@@ -641,6 +641,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
         method_options=parse_method_options(args.option),
     )
     train = dataclasses.replace(_train_config(args), epochs=args.epochs) if args.epochs else None
+    if train is None and args.lr != TrainConfig().lr:  # --lr is the dense training's; fine-tuning has its own
+        raise ConfigError("--lr sets the dense training's learning rate (with --epochs); use --finetune-lr")
     result = run_compare(
         args.model,
         _data_spec(args),

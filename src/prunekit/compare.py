@@ -210,7 +210,7 @@ def run_compare(
     `out` follows the run-folder rules: a folder holding a compare is refused unless `resume` continues it
     (the same configuration; finished rows are kept) or `overwrite` replaces it."""
     spec.check()
-    _check_model(model, train)
+    _check_model(model, train, model_kwargs)
     data.check()
     if _is_file_name(model):  # the dataset and normalisation the file records, unless given
         data = data.for_model(model_file.read_metadata(model).get("info") or {}, model)
@@ -363,10 +363,15 @@ def _is_file_name(model: str) -> bool:
     return Path(model).suffix == ".safetensors" or Path(model).is_file()
 
 
-def _check_model(model: str, train: TrainConfig | None) -> None:
+def _check_model(model: str, train: TrainConfig | None, model_kwargs: dict[str, Any] | None) -> None:
     if _is_file_name(model):
         if not Path(model).is_file():
             raise ConfigError(f"dense model file {model} does not exist")
+        if train is not None or model_kwargs:
+            raise ConfigError(
+                f"--model {model} is a trained model file: --epochs and --shortcut only apply when --model "
+                "names an architecture to train; drop them"
+            )
         return
     if model not in list_models():
         raise ConfigError(
