@@ -215,3 +215,26 @@ def test_cli_round_to_and_latency_flags(tmp_path, capsys) -> None:
     assert "target_latency=1.5 must be in (0, 1)" in capsys.readouterr().err
     assert main([*bad, "--round-to", "0"]) == 2
     assert "round_to must be a whole number ≥ 1 or 'auto'" in capsys.readouterr().err
+
+
+def test_low_rank_ranks_are_aligned_and_the_budget_still_met() -> None:
+    """A factorising method (TRP) gets ranks that are multiples of round_to, not silently unaligned ones;
+    the budget search sees the aligned model."""
+    import torch
+
+    import prunekit
+    from prunekit.measure import cost
+    from prunekit.models import create
+    from prunekit.surgery import LowRankConv2d
+
+    torch.manual_seed(0)
+    model = create("resnet20", shortcut="B").eval()
+    x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    options = {"rule": "energy", "threshold": 0.2}
+    free = prunekit.prune(model, x[:1], method="trp", calib=x, **options)
+    assert any(m.rank % 8 for m in free.modules() if isinstance(m, LowRankConv2d))  # unaligned without it
+    aligned = prunekit.prune(model, x[:1], method="trp", calib=x, round_to=8, target_macs=0.5, **options)
+    ranks = [m.rank for m in aligned.modules() if isinstance(m, LowRankConv2d)]
+    assert ranks and all(r % 8 == 0 and r >= 8 for r in ranks)
+    dense = cost(model, (3, 32, 32)).macs
+    assert abs(cost(aligned, (3, 32, 32)).macs / dense - 0.5) <= 0.02 * 0.5

@@ -39,10 +39,43 @@ def misaligned(dense: nn.Module, pruned: nn.Module, round_to: int) -> dict[str, 
     }
 
 
+def _align_ranks(dense: nn.Module, pruned: Pruned, example: Tensor, round_to: int, method: str) -> Pruned:
+    """Factorised convs (low-rank plans) get ranks that are multiples of `round_to`: each rank rounded down
+    and the factorisation rebuilt from the dense conv at that rank, which is the method's truncated SVD
+    shortened by its weakest components."""
+    from prunekit.surgery import LowRankConv2d, LowRankPlan, apply
+
+    factorised = {n: m for n, m in pruned.model.named_modules() if isinstance(m, LowRankConv2d)}
+    off = {n: m.rank for n, m in factorised.items() if m.rank % round_to}
+    if not off:
+        return pruned
+    narrow = {n: r for n, r in off.items() if r < round_to}
+    if narrow:
+        shown = ", ".join(f"{n} (rank {r})" for n, r in list(narrow.items())[:6])
+        raise ConfigError(
+            f"method {method!r} left factorised convs with ranks below round_to={round_to}: {shown}; "
+            "keep more rank (a larger budget or a lower threshold) or give a smaller round_to"
+        )
+    if misaligned(dense, pruned.model, 1):
+        raise ConfigError(
+            f"method {method!r} both removed channels and factorised convs; round_to={round_to} aligns one "
+            "or the other, not both: drop round_to"
+        )
+    ranks = {n: (m.scheme, m.rank - m.rank % round_to) for n, m in factorised.items()}
+    pruned.model = apply(dense, LowRankPlan(ranks), example)
+    details = {**pruned.details, "round_to": round_to, "aligned_after": sorted(off)}
+    if isinstance(details.get("ranks"), dict):
+        details["ranks"] = {n: rank for n, (_, rank) in ranks.items()}
+    pruned.details = details
+    return pruned
+
+
 def align_pruned(dense: nn.Module, pruned: Pruned, example: Tensor, round_to: int, method: str) -> Pruned:
-    """`pruned` with every changed width rounded down to a multiple of `round_to` (see the module doc)."""
+    """`pruned` with every changed width (and every factorised conv's rank) rounded down to a multiple of
+    `round_to` (see the module doc)."""
     from prunekit.surgery import apply
 
+    pruned = _align_ranks(dense, pruned, example, round_to, method)
     off = misaligned(dense, pruned.model, round_to)
     if not off:
         return pruned
