@@ -77,6 +77,7 @@ def test_bad_input_is_refused_before_anything_is_written(tmp_path: Path) -> None
         (CompareSpec(("l1", "l1"), (0.5,), FT), "names a method twice"),
         (CompareSpec(("l1",), (0.5,), FT, seeds=()), "distinct seeds"),
         (CompareSpec(("nope",), (0.5,), FT), "unknown method 'nope'"),
+        (CompareSpec(("tpp",), (0.5,), FT, sparsify_epochs=1), r"cannot shorten 'tpp': .* \(90,001 steps\)"),
     ]
     for spec, message in cases:
         with pytest.raises(ConfigError, match=message):

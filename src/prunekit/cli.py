@@ -1080,7 +1080,7 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
     p.add_argument("--shortcut", choices=["A", "B"], help="CIFAR ResNet shortcut option of a trained --model")
     p.add_argument(
         "--sparsify-epochs", type=int, metavar="N", help="length of every regulariser's sparsify stage "
-        "(default: each method's own schedule)"
+        "(default: each method's own schedule; methods whose schedule is set in steps take --option)"
     )  # fmt: skip
     p.add_argument("--finetune-epochs", type=int, metavar="N", default=10, help="the same fine-tune for all")
     p.add_argument("--finetune-lr", type=float, default=FINETUNE_LR, help="fine-tuning learning rate")

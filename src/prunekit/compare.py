@@ -82,7 +82,15 @@ class CompareSpec:
                 self.row_spec(name, budget).build()  # unknown methods and options, budget syntax
             if self.schedule(name) is None:
                 raise ConfigError(f"method {name!r} declares no demo schedule; leave it out of --methods")
-            kind = create_method(name, Selection.of(target_macs=0.5), **self.options(name)).budget_kind()
+            probe = create_method(name, Selection.of(target_macs=0.5), **self.options(name))
+            declared = probe.sparsify_steps(1)
+            if self.sparsify_epochs is not None and declared is not None and name not in self.method_options:
+                raise ConfigError(
+                    f"--sparsify-epochs cannot shorten {name!r}: its own schedule sets its stage "
+                    f"({declared:,} steps); shorten it with --option {name}.KEY=VALUE (`prunekit prune "
+                    f"--method {name} --help` lists the schedule's options) or leave it out of --methods"
+                )
+            kind = probe.budget_kind()
             if kind != "macs":
                 raise ConfigError(
                     f"method {name!r} with its default schedule cannot meet a MAC budget (its budget counts "
