@@ -282,3 +282,23 @@ def test_no_family_ends_in_a_foreign_exception_on_bad_input() -> None:
     model = ChunkNet()
     with pytest.raises(PrunekitError):
         prunekit.prune(model, torch.randn(1, 3, 8, 8), method="l1", ratios="stem.0:0.3,right.0:0.5")
+
+
+@pytest.mark.parametrize("family", ["chunk", "ghostnet", "resnext", "shufflenetv2"])
+def test_tpp_and_the_redundancy_graph_on_uneven_coupled_groups(family: str) -> None:
+    """Methods that plan per filter keep uneven coupled groups (concatenations, chunks, grouped convs)
+    whole with a warning (TPP/GReg) or map their picks through the channel units (redundancy graph), and
+    the result still equals masking."""
+    torch.manual_seed(0)
+    model = neutralised(FAMILIES[family]())
+    x = torch.randn(16, 3, 8, 8)
+    dense = cost(model, (1, 3, 8, 8)).macs
+    with pytest.warns(UserWarning, match="differ in width"):
+        tpp = prunekit.prune(model, x[:1], method="tpp", ratio=0.5, calib=x).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # fewer calibration images than the default
+        graph = prunekit.prune(model, x[:1], method="redundancy_graph", tau=0.6, calib=x).eval()
+    for pruned in (tpp, graph):
+        assert cost(pruned, (1, 3, 8, 8)).macs < dense
+        with torch.no_grad():
+            torch.testing.assert_close(pruned(x[:2]), masked_like(model, pruned)(x[:2]), rtol=1e-4, atol=1e-5)

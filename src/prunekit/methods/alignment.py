@@ -95,13 +95,15 @@ def align_pruned(dense: nn.Module, pruned: Pruned, example: Tensor, round_to: in
     for group in prunable_groups(pruned.model, example):
         if group.members[0] not in off:
             continue
+        # Summed per channel unit, so members of other widths (concatenations, chunks) count alike.
         norms = sum(
-            pruned.model.get_submodule(name).weight.detach().flatten(1).abs().sum(1) for name in group.members
+            group.unit_scores(name, pruned.model.get_submodule(name).weight.detach().flatten(1).abs().sum(1))
+            for name in group.members
         )
         keep = group.out_channels // round_to * round_to
-        # Stable sort: among equal norms the earlier channel stays.
+        # Stable sort: among equal norms the earlier unit stays.
         order = norms.sort(descending=True, stable=True).indices[:keep]
-        plan.update(dict.fromkeys(group.members, sorted(order.tolist())))
+        plan.update(group.kept_channels(sorted(order.tolist())))
     pruned.model = apply(pruned.model, plan, example)
     pruned.details = {**pruned.details, "round_to": round_to, "aligned_after": sorted(plan)}
     return pruned

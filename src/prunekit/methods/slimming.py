@@ -166,7 +166,7 @@ class NetworkSlimming(Method):
         for i, group in enumerate(groups):
             keep = torch.ones(group.out_channels, dtype=torch.bool)
             keep[channel[chosen][owner[chosen] == i]] = False
-            plan.update(dict.fromkeys(group.members, keep.nonzero().flatten().tolist()))
+            plan.update(group.kept_channels(keep.nonzero().flatten().tolist()))  # per member, by unit
         return plan, skipped
 
     def _participating(self, groups: list[LayerGroup]) -> list[LayerGroup]:

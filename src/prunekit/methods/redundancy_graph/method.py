@@ -271,7 +271,14 @@ class RedundancyGraph(Method):
                 **({"coupled": list(group.members[1:])} if len(group.members) > 1 else {}),
             }
             if len(result.kept) < group.out_channels:
-                plan.update(dict.fromkeys(group.members, result.kept))
+                # The graph is over the leader's channels; members of other widths (concatenations,
+                # chunks) keep the channels of the same units.
+                units = (
+                    result.kept
+                    if group.unit_of is None
+                    else sorted({group.unit_of[leader][c] for c in result.kept})
+                )
+                plan.update(group.kept_channels(units))
         return plan, report
 
     def prune(self, model: nn.Module, calib: Calib | None, stage: Stage | None = None) -> Pruned:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -108,6 +109,26 @@ def allocate(
         # One skipped member keeps the whole group: its channels are shared.
         if any(fnmatch.fnmatch(name, pattern) for name in group.members for pattern in skip):
             ratios.update(dict.fromkeys(group.members, 0.0))
+    # The penalties and the layer-by-layer zeroing act per filter of equal-width members; a group whose
+    # members differ in width (a concatenation, a chunk, a grouped conv) keeps its channels, said once.
+    uneven = [g for g in groups if g.unit_of is not None and ratios.get(g.members[0], 0.0) > 0]
+    if uneven:
+        named = {n for pattern, _ in selection.rules for n in fnmatch.filter(prunable, pattern)}
+        asked = [m for g in uneven for m in g.members if m in named]
+        if asked:
+            raise ConfigError(
+                f"TPP/GReg regularise filters of coupled layers with equal widths; {', '.join(asked[:4])} "
+                "share channels with layers of other widths (a concatenation, chunk or grouped conv): "
+                "leave them out of the selection or name them in skip_layers"
+            )
+        for group in uneven:
+            ratios.update(dict.fromkeys(group.members, 0.0))
+        shown = ", ".join(g.members[0] for g in uneven[:6]) + (", ..." if len(uneven) > 6 else "")
+        warnings.warn(
+            f"TPP/GReg keep every channel of {len(uneven)} coupled group(s) whose layers differ in width "
+            f"(concatenations, chunks, grouped convs): {shown}",
+            stacklevel=3,
+        )
     budget = None
     if selection.budget is not None:
         if selection.budget.kind == "target_density":
