@@ -511,7 +511,9 @@ def build_method(
     latency_threads: int = 1,
 ) -> Method:
     """A configured method: the selection is parsed once, here at the edge, and handed to the method."""
-    selection = Selection.of(
+    spec = PruneSpec(
+        method,
+        options or {},
         ratio=ratio,
         ratios=ratios,
         target_macs=target_macs,
@@ -519,9 +521,9 @@ def build_method(
         target_density=target_density,
         target_latency=target_latency,
         speedup_latency=speedup_latency,
+        round_to=round_to,
     )
-    selection = deployment_selection(selection, round_to, latency_threads, latency_batch)
-    return create_method(method, selection, **(options or {}))
+    return spec.build(latency_threads, latency_batch)
 
 
 def prune(

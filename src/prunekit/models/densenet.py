@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from prunekit.models.layers import bearpaw_init
 from prunekit.models.registry import register_model
 from prunekit.models.taps import FeatureTap
 
@@ -66,14 +67,7 @@ class DenseNet(nn.Module):
         # HRank uses AvgPool2d(8) on the 8×8 map; adaptive also fits the 7×7 map of a 28×28 input.
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(channels, num_classes)
-        # bearpaw/HRank init: conv N(0, sqrt(2/(k·k·C_out))), BN γ=1 β=0, Linear left at PyTorch default.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
-                nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        bearpaw_init(self)  # HRank's DenseNet-40 uses bearpaw's init; the Linear keeps PyTorch's default
 
     def activation_taps(self) -> tuple[FeatureTap, ...]:
         """Each conv after the pre-activation BN-ReLU of the layer that consumes its output (the next dense

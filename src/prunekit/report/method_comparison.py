@@ -11,19 +11,17 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+import matplotlib.pyplot as plt
 
-matplotlib.use("Agg")  # headless; must precede pyplot
-import matplotlib.pyplot as plt  # noqa: E402
-
-from prunekit.measure.timing import LatencyStats, speedup  # noqa: E402
+from prunekit.measure.timing import LatencyStats, speedup
+from prunekit.report.plots import save_figure  # also selects the headless backend
+from prunekit.report.run_folder import RunFolder
 
 MeanStd = tuple[float, float]
 
@@ -163,8 +161,9 @@ def write_comparison(
     if failed:
         text += "\n## Rows that failed\n\n" + "".join(f"- `{k}`: {v}\n" for k, v in failed.items())
     text += "".join(f"\n![{p.stem}]({p.name})\n" for p in plots if p is not None)
-    _write(out / "compare.md", text)
-    _write(out / "compare.csv", csv_text(table))
+    run = RunFolder(out)
+    run.write_text("compare.md", text)
+    run.write_text("compare.csv", csv_text(table))
     summary = {
         "status": "complete",
         "kind": "compare",
@@ -190,22 +189,7 @@ def write_comparison(
         ],
         "failed": failed,
     }
-    _write(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-
-
-def _write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-
-
-def _save(fig: Any, path: Path) -> Path:
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    run.write_summary(summary)
 
 
 def _plot_accuracy(rows: Sequence[MethodRow], dense: dict[str, Any], axis: str, path: Path) -> Path | None:
@@ -240,7 +224,7 @@ def _plot_accuracy(rows: Sequence[MethodRow], dense: dict[str, Any], axis: str, 
     ax.set_title("accuracy vs " + ("MACs" if axis == "macs" else "measured latency"))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _plot_widths(rows: Sequence[MethodRow], dense_widths: dict[str, int], path: Path) -> Path | None:
@@ -265,4 +249,4 @@ def _plot_widths(rows: Sequence[MethodRow], dense_widths: dict[str, int], path: 
     ax.set_ylabel("output channels kept")
     ax.set_title(f"per-layer widths at {rows[0].budget:g}× the dense MACs")
     ax.legend(fontsize=8, ncol=2)
-    return _save(fig, path)
+    return save_figure(fig, path)

@@ -35,7 +35,7 @@ class CostPoint:
         return cls(label, macs, top1, ms)
 
 
-def _save(fig: Any, path: Path) -> Path:
+def save_figure(fig: Any, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
     fig.savefig(tmp, dpi=110, bbox_inches="tight")
@@ -52,7 +52,7 @@ def plot_curves(
 ) -> Path:
     """Loss and top-1 per epoch, train and validation. `start_top1`: the validation top-1 before the
     first epoch (e.g. right after pruning), drawn at epoch 0 so the recovery is visible."""
-    return _save(curves_figure(history, title, start_top1), Path(path))
+    return save_figure(curves_figure(history, title, start_top1), Path(path))
 
 
 def curves_figure(history: Sequence[dict[str, Any]], title: str = "", start_top1: float | None = None) -> Any:
@@ -117,7 +117,7 @@ def plot_accuracy_vs_macs(
     ax.set(xlabel="MACs (M, conv+linear)", ylabel="top-1 %", title=title or "accuracy vs MACs")
     ax.grid(alpha=0.3)
     spread_labels(fig, texts)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))
 
 
 def plot_accuracy_vs_cost(
@@ -126,7 +126,9 @@ def plot_accuracy_vs_cost(
     """Accuracy vs MACs and, beside it, accuracy vs measured latency at `batch_size` (median, with the
     interquartile range as a horizontal bar where it was measured). `timing` says how the latencies were
     taken, under the plot."""
-    return _save(accuracy_cost_figure(points, batch_size=batch_size, timing=timing, title=title), Path(path))
+    return save_figure(
+        accuracy_cost_figure(points, batch_size=batch_size, timing=timing, title=title), Path(path)
+    )
 
 
 def accuracy_cost_figure(
@@ -174,7 +176,7 @@ def plot_widths(
     """Output channels per prunable layer before and after pruning, one horizontal bar per layer with its
     name on the axis (readable for a hundred layers), first layer at the top. `ranks`: the rank of each
     factorised conv, drawn as a marker on its bar (its output channels are unchanged)."""
-    return _save(widths_figure(before, after, title, ranks), Path(path))
+    return save_figure(widths_figure(before, after, title, ranks), Path(path))
 
 
 def widths_figure(
