@@ -4,7 +4,8 @@ Both rank the same 55 ResNet-56 taps (stem ReLU, relu1/relu2 of every block) on 
 3x32x32 images, in eval mode without gradients.
 
 - prunekit: one forward per batch with hooks on every tap; each hook ranks all its (B, C) maps with
-  one batched call (`feature_map_ranks`) and drops them.
+  one batched call (`feature_map_ranks`: Cholesky certificates on Gram matrices, eigenvalues for the
+  rest, chunks spread over the threads) and drops them.
 - original (HRank `rank_generation.py`): one full pass over the batches *per tapped layer*, and in the
   hook `torch.matrix_rank(output[i, j]).item()` for every image i and channel j in Python loops, then
   a float running mean (here `torch.linalg.matrix_rank`, the same rule).
@@ -58,14 +59,14 @@ def original_ranks(model: nn.Module, images: Tensor, taps: list[Tap], batch_size
 
 
 def where_time_goes(model: nn.Module, images: Tensor, taps: list[Tap], batch_size: int) -> dict[str, float]:
-    """CPU seconds of the forward alone and of each step of `feature_map_ranks` on the same maps, and how
-    many maps each step decides: all-zero, Cholesky-certified full rank, eigenvalues, SVD fallback."""
+    """CPU seconds of the forward alone and of each step of `feature_map_ranks` on the same maps (the same
+    steps, timed one by one), and how many maps each step decides: all-zero, the Cholesky certificate on
+    the shorter side's Gram, the certificate on the other side's, eigenvalues, SVD fallback."""
     maps: list[Tensor] = []
     feature_pass(model, images, taps, lambda _c, m: maps.append(m.detach().float().flatten(0, 1)),
                  n_images=len(images), batch_size=batch_size)  # fmt: skip
-    out = dict.fromkeys(("zero", "cholesky", "eigen", "svd"), 0.0)
-    steps = ("forward", "gram+cholesky", "eigen", "svd fallback", "svd instead of eigen")
-    steps += ("matrix_rank everywhere",)
+    out = dict.fromkeys(("zero", "certified", "certified, other side", "eigen", "svd"), 0)
+    steps = ("forward", "gram+cholesky", "other side", "eigen", "svd fallback", "matrix_rank everywhere")
     cpu = dict.fromkeys(steps, 0.0)
     start = time.process_time()
     with torch.no_grad():
@@ -74,25 +75,31 @@ def where_time_goes(model: nn.Module, images: Tensor, taps: list[Tap], batch_siz
     cpu["forward"] = time.process_time() - start
     for stack in maps:
         h, w = stack.shape[1:]
-        live = stack[torch.count_nonzero(stack, dim=(1, 2)) > 0]
-        out["zero"] += len(stack) - len(live)
-        start = time.process_time()
-        gram = criterion._gram(live)
-        full = criterion._surely_full_rank(gram, h, w)
-        cpu["gram+cholesky"] += time.process_time() - start
-        start = time.process_time()
-        _, unsure = criterion._eigen_ranks(gram[~full], h, w)
-        cpu["eigen"] += time.process_time() - start
-        start = time.process_time()
-        torch.linalg.matrix_rank(live[~full][unsure])
-        cpu["svd fallback"] += time.process_time() - start
-        start = time.process_time()
-        torch.linalg.matrix_rank(live[~full])  # the previous path: SVD for every uncertified map
-        cpu["svd instead of eigen"] += time.process_time() - start
+        first, second = ("columns", "rows") if w <= h else ("rows", "columns")
+        with criterion._rank_workers(stack.device) as workers:
+            start = time.process_time()
+            ranks, gram = criterion._certified(stack, first, workers)
+            cpu["gram+cholesky"] += time.process_time() - start
+            out["zero"] += int((ranks == 0).sum())
+            out["certified"] += int((ranks > 0).sum())
+            start = time.process_time()
+            undecided = (ranks < 0).nonzero().squeeze(1)
+            nonzero = stack[undecided].ne(0)
+            rows, cols = nonzero.any(2).sum(1), nonzero.any(1).sum(1)
+            retried = undecided[rows < cols if first == "columns" else cols < rows]
+            ranks[retried] = criterion._certified(stack[retried], second, workers)[0]
+            cpu["other side"] += time.process_time() - start
+            out["certified, other side"] += int((ranks[retried] >= 0).sum())
+            undecided = (ranks < 0).nonzero().squeeze(1)
+            start = time.process_time()
+            _, unsure = criterion._eigen_ranks_in_chunks(gram[undecided], h, w, workers)
+            cpu["eigen"] += time.process_time() - start
+            start = time.process_time()
+            torch.linalg.matrix_rank(stack[undecided[unsure]])
+            cpu["svd fallback"] += time.process_time() - start
         start = time.process_time()
         torch.linalg.matrix_rank(stack)
         cpu["matrix_rank everywhere"] += time.process_time() - start
-        out["cholesky"] += int(full.sum())
         out["eigen"] += int((~unsure).sum())
         out["svd"] += int(unsure.sum())
     total = sum(out.values())

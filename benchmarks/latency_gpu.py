@@ -66,7 +66,11 @@ def runner(model: nn.Module, x: torch.Tensor, graph: bool):
         g = torch.cuda.CUDAGraph()
         with torch.cuda.graph(g):
             static_out = deployed(x)  # kept alive: the graph writes into it on every replay
-        g.static_out = static_out
+        # A replay reads the weights and the shortcut's index buffers at the addresses captured: `deployed`
+        # must live as long as the graph. Kept only by a local, it was freed when this function returned,
+        # the next model's tensors reused its memory, and the replay indexed with whatever landed in the
+        # shortcut's `src`/`dst` (the device-side index assert) after convolving with foreign weights.
+        g.static_out, g.deployed = static_out, deployed
     return g.replay
 
 
@@ -100,8 +104,8 @@ def main() -> None:
     parser.add_argument(
         "--graph",
         action="store_true",
-        help="also time CUDA-graph replays (on torch 2.11 + H200 the replay hit a device-side index assert "
-        "in the option-A shortcut's index_select; eager only by default)",
+        help="also time CUDA-graph replays (eager only by default; before the captured model was kept alive, "
+        "the replay hit a device-side index assert in the option-A shortcut on torch 2.11 + H200)",
     )
     args = parser.parse_args()
     if not torch.cuda.is_available():

@@ -7,7 +7,9 @@ For each model (random weights): CPU time of
   adds (one dense and one pruned forward with biases and BatchNorm shifts neutralised);
 - `torch-pruning`: ``MetaPruner(..., MagnitudeImportance(p=1), pruning_ratio=0.5).step()`` on a fresh model.
 Each is the median of `--repeats` runs, measured with `time.process_time` (this process's CPU time, so a
-loaded machine does not inflate it), one thread, imports warmed up first.
+loaded machine does not inflate it), one thread, imports warmed up first; the trace, the prune and
+Torch-Pruning get a freshly built model per run, the two surgeries one traced model (as inside a prune);
+construction and a garbage collection happen before the clock starts.
 
     python benchmarks/masking_check_cost.py --repeats 3
 """
@@ -15,6 +17,7 @@ loaded machine does not inflate it), one thread, imports warmed up first.
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import time
 from collections.abc import Callable
@@ -33,21 +36,46 @@ MODELS = [("resnet50", (1, 3, 224, 224)), ("resnet56", (1, 3, 32, 32)), ("densen
           ("vgg16_bn", (1, 3, 32, 32))]  # fmt: skip
 
 
-def cpu_seconds(run: Callable[[], object], repeats: int) -> float:
+def cpu_seconds(make: Callable[[], nn.Module], run: Callable[[nn.Module], object], repeats: int) -> float:
+    """Median CPU seconds of `run(make())`, the construction not timed."""
     times = []
     for _ in range(repeats):
+        model = make()
+        gc.collect()
         start = time.process_time()
-        run()
+        run(model)
         times.append(time.process_time() - start)
     return statistics.median(times)
 
 
-def torch_pruning_step(arch: str, x: torch.Tensor) -> None:
-    model = create(arch).eval()
+def torch_pruning_step(model: nn.Module, x: torch.Tensor) -> None:
     heads = [m for m in model.modules() if isinstance(m, nn.Linear)][-1:]
     tp.pruner.MetaPruner(
         model, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=0.5, ignored_layers=heads
     ).step()
+
+
+def row(arch: str, x: torch.Tensor, repeats: int) -> tuple[float, float, float, float, float]:
+    """CPU seconds of: the trace, the whole prune, the surgery without and with the check, Torch-Pruning."""
+
+    def fresh() -> nn.Module:
+        return create(arch).eval()
+
+    model = fresh()
+    plan = create_method("l1", 0.5).plan(model, x)  # traces `model` once; the surgeries below reuse it
+
+    def surgery(check: bool) -> float:
+        return cpu_seconds(
+            lambda: model, lambda m: _apply(m, plan, x, check_masking=check, report=False), repeats
+        )
+
+    return (
+        cpu_seconds(fresh, lambda m: ChannelGraph(m, x), repeats),
+        cpu_seconds(fresh, lambda m: prunekit.prune(m, x, method="l1", ratio=0.5), repeats),
+        surgery(False),
+        surgery(True),
+        cpu_seconds(fresh, lambda m: torch_pruning_step(m, x), repeats),
+    )
 
 
 def main() -> None:
@@ -61,13 +89,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for arch, shape in MODELS:
         x = torch.randn(*shape)
-        trace = cpu_seconds(lambda: ChannelGraph(create(arch), x), args.repeats)  # noqa: B023
-        prune = cpu_seconds(lambda: prunekit.prune(create(arch), x, method="l1", ratio=0.5), args.repeats)  # noqa: B023
-        model = create(arch)
-        plan = create_method("l1", 0.5).plan(model, x)
-        bare = cpu_seconds(lambda: _apply(model, plan, x, check_masking=False, report=False), args.repeats)  # noqa: B023
-        full = cpu_seconds(lambda: _apply(model, plan, x, check_masking=True, report=False), args.repeats)  # noqa: B023
-        theirs = cpu_seconds(lambda: torch_pruning_step(arch, x), args.repeats)  # noqa: B023
+        trace, prune, bare, full, theirs = row(arch, x, args.repeats)
         check = full - bare
         print(
             f"| {arch} | {'x'.join(map(str, shape[1:]))} | {trace:.3f} | {prune:.3f} | {bare:.3f} "

@@ -11,16 +11,22 @@ never ends is reported as "did not finish" instead of hanging the run.
 - Torch-Pruning: ``MetaPruner(model, x, MagnitudeImportance(p=1), pruning_ratio=0.5,
   ignored_layers=[classifier]).step()`` — its tracing, grouping and pruning (no checks).
 
-Model construction and imports are outside the timed region; each timed call runs once in a fresh
-process. The ratio column is prunekit's time over Torch-Pruning's (target: at most 1.5).
+Model construction and imports are outside the timed region, and the garbage they leave is collected
+before it starts. Each timed call runs in a fresh process, `--repeats` processes per (tool, model), the two
+tools interleaved (ABBA); the table gives the median (min–max) wall seconds and the ratio of prunekit's
+median to Torch-Pruning's (target: at most 1.5), and the same ratio in CPU seconds (less sensitive to a
+shared machine's load). Torch-Pruning is called as its documentation shows, with the example tensor itself: it
+first tries ``model(*example)``, i.e. an unbatched forward at batch one, before the real one.
 
-    python benchmarks/prune_speed.py --threads 1 --timeout 300
+    python benchmarks/prune_speed.py --threads 1 --timeout 300 --repeats 3
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import multiprocessing as mp
+import statistics
 import time
 import warnings
 from collections.abc import Callable
@@ -197,6 +203,8 @@ MODELS: dict[str, Callable[[], nn.Module]] = {
 
 # ---------------------------------------------------------------- one timed prune per process
 
+Result = tuple[float, float, float]  # wall seconds, CPU seconds, fraction of params kept
+
 
 def _classifier(model: nn.Module) -> nn.Module:
     return [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
@@ -231,20 +239,25 @@ def _measure(tool: str, name: str, size: int, threads: int, queue: mp.Queue) -> 
         assert callable(prunekit.prune)
     else:
         import torch_pruning  # noqa: F401
-    start = time.perf_counter()
+    # The garbage of the imports and the model's construction is collected before the clock starts (as
+    # `timeit` keeps the collector out of its timings): otherwise whichever tool's allocations trigger the
+    # full collection pays for scanning every object the imports made (~0.08 s on this machine).
+    gc.collect()
+    start, cpu = time.perf_counter(), time.process_time()
     try:
         pruned = _prune(tool, model, x)
-        seconds = time.perf_counter() - start
+        seconds, cpu_seconds = time.perf_counter() - start, time.process_time() - cpu
         with torch.no_grad():
             pruned.eval()(x)
     except Exception as exc:  # reported in the table: which tool fails on which model, and how
         queue.put(f"failed: {type(exc).__module__}.{type(exc).__name__}: {str(exc)[:160]}")
         return
-    queue.put((seconds, sum(p.numel() for p in pruned.parameters()) / dense))
+    queue.put((seconds, cpu_seconds, sum(p.numel() for p in pruned.parameters()) / dense))
 
 
-def measure(tool: str, name: str, size: int, threads: int, timeout: float) -> tuple[float, float] | str:
-    """(seconds, fraction of params kept), or why there is none ("did not finish", "failed")."""
+def measure(tool: str, name: str, size: int, threads: int, timeout: float) -> Result | str:
+    """(wall s, CPU s, fraction of params kept) of one prune in a fresh process, or why there is none
+    ("did not finish", "failed")."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_measure, args=(tool, name, size, threads, queue))
@@ -259,30 +272,75 @@ def measure(tool: str, name: str, size: int, threads: int, timeout: float) -> tu
     return queue.get()
 
 
+TOOLS = ("prunekit", "torch-pruning")
+
+
+def run(
+    names: list[str], repeats: int, size: int, threads: int, timeout: float
+) -> dict[str, dict[str, list]]:
+    """Every (model, tool) `repeats` times, each in a fresh process, the tools interleaved (pk, TP, TP, pk,
+    ...) so that a change of the machine's load hits both. A tool that fails or times out on a model is not
+    run on it again (its failure is deterministic; a timeout would cost `timeout` per repeat)."""
+    results: dict[str, dict[str, list]] = {name: {tool: [] for tool in TOOLS} for name in names}
+    for name in names:
+        for repeat in range(repeats):
+            for tool in TOOLS if repeat % 2 == 0 else TOOLS[::-1]:  # ABBA: neither tool always goes first
+                done = results[name][tool]
+                if done and isinstance(done[-1], str):
+                    continue
+                done.append(measure(tool, name, size, threads, timeout))
+                shown = (
+                    done[-1]
+                    if isinstance(done[-1], str)
+                    else f"{done[-1][0]:.3f} s ({done[-1][1]:.3f} s CPU)"
+                )
+                print(f"  {name} #{repeat + 1} {tool}: {shown}", flush=True)
+    return results
+
+
+def _cell(runs: list) -> str:
+    times = [r[0] for r in runs if isinstance(r, tuple)]
+    if len(times) < len(runs) or not times:
+        return next(r for r in runs if isinstance(r, str))
+    return f"{statistics.median(times):.3f} ({min(times):.3f}–{max(times):.3f})"
+
+
+def _median(runs: list, field: int) -> float | None:
+    values = [r[field] for r in runs if isinstance(r, tuple)]
+    return statistics.median(values) if values and len(values) == len(runs) else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--size", type=int, default=224, help="input height and width")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per (tool, model)")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per (tool, model) process")
+    parser.add_argument("--repeats", type=int, default=3, help="fresh processes per (tool, model)")
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated subset of the models")
     args = parser.parse_args()
     names = [n.strip() for n in args.models.split(",")]
+    unknown = [n for n in names if n not in MODELS]
+    if unknown:
+        parser.error(f"unknown model(s) {unknown}; choose from {list(MODELS)}")
+    if args.repeats < 1 or args.timeout <= 0 or args.threads < 1 or args.size < 32:
+        parser.error("--repeats and --threads must be >= 1, --timeout > 0 and --size >= 32")
     print(f"one L1 prune at ratio 0.5, input 1x3x{args.size}x{args.size}, {args.threads} thread(s), "
-          f"limit {args.timeout:g} s per (tool, model); torch {torch.__version__}")  # fmt: skip
-    rows = []
-    for name in names:
-        pk = measure("prunekit", name, args.size, args.threads, args.timeout)
-        tp_ = measure("torch-pruning", name, args.size, args.threads, args.timeout)
-        rows.append((name, pk, tp_))
-        print(f"  {name}: prunekit {pk}, torch-pruning {tp_}", flush=True)
+          f"{args.repeats} fresh process(es) per (tool, model), limit {args.timeout:g} s each; "
+          f"torch {torch.__version__}")  # fmt: skip
+    results = run(names, args.repeats, args.size, args.threads, args.timeout)
     print()
-    print(f"| model | prunekit s | Torch-Pruning s | ratio (target <= {TARGET:g}) | params kept pk / TP |")
-    print("|---|---|---|---|---|")
-    for name, pk, tp_ in rows:
-        cell = lambda r: f"{r[0]:.2f}" if isinstance(r, tuple) else r  # noqa: E731
-        ratio = f"{pk[0] / tp_[0]:.2f}" if isinstance(pk, tuple) and isinstance(tp_, tuple) else "-"
-        kept = "/".join(f"{r[1]:.3f}" if isinstance(r, tuple) else "-" for r in (pk, tp_))
-        print(f"| {name} | {cell(pk)} | {cell(tp_)} | {ratio} | {kept} |")
+    print("wall seconds: median (min–max) of the repeats; ratios are prunekit's median over Torch-Pruning's")
+    header = f"ratio (target <= {TARGET:g}) | CPU ratio | params kept pk / TP"
+    print(f"| model | prunekit s | Torch-Pruning s | {header} |")
+    print("|---|---|---|---|---|---|")
+    for name in names:
+        pk, tp_ = results[name]["prunekit"], results[name]["torch-pruning"]
+        ratios = []
+        for field in (0, 1):
+            a, b = _median(pk, field), _median(tp_, field)
+            ratios.append(f"{a / b:.2f}" if a is not None and b is not None else "-")
+        kept = "/".join(f"{r[0][2]:.3f}" if isinstance(r[0], tuple) else "-" for r in (pk, tp_))
+        print(f"| {name} | {_cell(pk)} | {_cell(tp_)} | {ratios[0]} | {ratios[1]} | {kept} |")
 
 
 if __name__ == "__main__":

@@ -160,3 +160,17 @@ def test_the_cli_refuses_bad_input_in_one_line_and_writes_nothing(tmp_path: Path
     assert main(["compare", "--model", str(dense), "--lr", "0.3", "--out", str(out)]) == 2
     assert "use --finetune-lr" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_compare_resume_from_the_command_line_reaches_compare_s_own_checks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # compare has --resume but no per-option resume parser: main() must leave the check to run_compare
+    # (it used to fail with an internal error before reaching it).
+    from prunekit.cli import main
+
+    out = tmp_path / "never-ran"
+    argv = ["compare", "--model", "lenet5", "--epochs", "1", "--data", "synthetic", "--out", str(out)]
+    assert main([*argv, "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("prunekit: error:") and "internal error" not in err

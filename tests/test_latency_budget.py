@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from prunekit.measure import latency_table
 from prunekit.measure.latency_table import LatencyTable, LayerShape, choose_round_to, preferred_round_to
 from prunekit.methods import latency_budget
 from prunekit.methods.base import prunable_groups
-from prunekit.methods.latency_budget import WidthModel, meet_latency_budget
+from prunekit.methods.latency_budget import Measured, WidthModel, corrected_aim, meet_latency_budget
 from prunekit.methods.selection import Budget, Selection
 
 
@@ -37,6 +38,27 @@ class CountingTimer:
     def __call__(self, shape: LayerShape, batch: int, threads: int, device: str) -> float:
         self.calls.append((shape.key(), batch, threads))
         return shape.macs() / 100 + 5
+
+
+class ModelTimer:
+    """A fake whole-model timer: µs = Σ over conv/linear layers of MACs/100 (+ `per_layer` µs each). With
+    ``per_layer=5`` it agrees with `CountingTimer`'s table; with 0 the whole model lacks the table's per-layer
+    overhead, as a real model whose layers share caches runs faster than its layers timed alone."""
+
+    def __init__(self, per_layer: float = 5.0) -> None:
+        self.per_layer = per_layer
+        self.calls = 0
+
+    def us(self, model: nn.Module, input_shape: tuple[int, ...]) -> float:
+        shapes = latency_budget.layer_shapes(model, torch.zeros(2, *input_shape)).values()
+        return sum(s.macs() / 100 + self.per_layer for s in shapes)
+
+    def __call__(
+        self, dense: nn.Module, candidate: nn.Module, input_shape: tuple[int, ...], batch: int, threads: int
+    ) -> Measured:
+        self.calls += 1
+        d, c = self.us(dense, input_shape), self.us(candidate, input_shape)
+        return Measured(c / d, c / d, c / d, d / 1e3, c / 1e3)
 
 
 class TwoConv(nn.Module):
@@ -155,9 +177,11 @@ def test_width_model_matches_real_surgery() -> None:
     assert predicted == real
 
 
-def fake_prune(monkeypatch: pytest.MonkeyPatch) -> CountingTimer:
+def fake_prune(monkeypatch: pytest.MonkeyPatch, per_layer: float = 5.0) -> CountingTimer:
+    """Fake the table's layer timer and the whole-model timer (agreeing with the table by default)."""
     timer = CountingTimer()
     monkeypatch.setattr(latency_table, "time_layer", timer)
+    monkeypatch.setattr(latency_budget, "time_fraction", ModelTimer(per_layer))
     return timer
 
 
@@ -177,12 +201,105 @@ def test_latency_search_exact_allocation(target: float, kept: tuple[int, int], f
     model, x = TwoConv().eval(), torch.randn(2, 1, 4, 4)
     table = LatencyTable(timer=CountingTimer())
     base = {"conv1": 1.0, "conv2": 1.0}
-    result = meet_latency_budget(model, x, Budget("target_latency", target), base, round_to=8, table=table)
+    timer = ModelTimer()  # agrees with the table: the first candidate is measured where predicted
+    budget = Budget("target_latency", target)
+    result = meet_latency_budget(model, x, budget, base, round_to=8, table=table, timer=timer)
     widths = {g.members[0]: g.out_channels for g in prunable_groups(model, x)}
     got = tuple(widths[n] - int(result.ratios[n] * widths[n]) for n in ("conv1", "conv2"))
     assert got == kept
     assert result.counts == "latency" and result.dense_macs == round(DENSE_US)
     assert result.reached_fraction == pytest.approx(fraction)
+    assert timer.calls == 1 and len(result.measured) == 1
+    assert result.measured[0]["measured"] == pytest.approx(fraction)
+
+
+def kept_widths(model: nn.Module, x: torch.Tensor, ratios: dict[str, float]) -> tuple[int, ...]:
+    widths = {g.members[0]: g.out_channels for g in prunable_groups(model, x)}
+    return tuple(widths[n] - int(ratios[n] * widths[n]) for n in ("conv1", "conv2"))
+
+
+# TwoConv with widths (a, b): table T = 15 + 1.44a + 0.16ab + 0.02b µs (CountingTimer, 5 µs per layer);
+# the whole model, measured, M = 1.44a + 0.16ab + 0.02b (ModelTimer(per_layer=0)). Dense: 79.32 and 64.32.
+def table_us(a: int, b: int) -> float:
+    return 15 + 1.44 * a + 0.16 * a * b + 0.02 * b
+
+
+def measured_us(a: int, b: int) -> float:
+    return 1.44 * a + 0.16 * a * b + 0.02 * b
+
+
+def test_latency_search_corrects_the_table_by_measuring() -> None:
+    # round_to=4, target 0.6. The table's answer (12, 8): predicted 47.8/79.32 = 0.6026, measured
+    # 32.8/64.32 = 0.5100, 15 % under the target. Corrected: the table is searched for
+    # 0.6 · 0.6026 / 0.5100 = 0.7090, which gives (12, 12): predicted 0.7005, measured 40.56/64.32 =
+    # 0.6306, within 5.1 % of 0.6. The correction from there (0.6666) is out of the table's reach at
+    # round_to=4 within 2 % (the widths jump 0.60 → 0.70), so the closer of the two candidates is kept.
+    model, x = TwoConv().eval(), torch.randn(2, 1, 4, 4)
+    table, timer = LatencyTable(timer=CountingTimer()), ModelTimer(per_layer=0)
+    base = {"conv1": 1.0, "conv2": 1.0}
+    result = meet_latency_budget(
+        model, x, Budget("target_latency", 0.6), base, round_to=4, table=table, timer=timer
+    )
+    assert kept_widths(model, x, result.ratios) == (12, 12)
+    assert result.target == 0.6 and result.reached_fraction == pytest.approx(table_us(12, 12) / DENSE_US)
+    first, second = result.measured
+    assert first["table_target"] == 0.6
+    assert first["predicted"] == pytest.approx(table_us(12, 8) / DENSE_US)  # 0.6026
+    assert first["measured"] == pytest.approx(measured_us(12, 8) / 64.32)  # 0.5100
+    assert second["table_target"] == pytest.approx(0.6 * (47.8 / DENSE_US) / (32.8 / 64.32))  # 0.7090
+    assert second["measured"] == pytest.approx(40.56 / 64.32)  # 0.6306
+    assert timer.calls == 2
+
+
+def test_latency_search_interpolates_between_measured_candidates() -> None:
+    # No round_to, target 0.6. Candidates: the table's (10, 11) measured 0.5009; corrected by its ratio to
+    # (12, 12) measured 0.6306; the target now lies between two measurements, so the next table target is
+    # their linear interpolation, which gives (12, 11): measured 38.62/64.32 = 0.6004, within 5 %: done.
+    model, x = TwoConv().eval(), torch.randn(2, 1, 4, 4)
+    table, timer = LatencyTable(timer=CountingTimer()), ModelTimer(per_layer=0)
+    base = {"conv1": 1.0, "conv2": 1.0}
+    result = meet_latency_budget(model, x, Budget("target_latency", 0.6), base, table=table, timer=timer)
+    assert kept_widths(model, x, result.ratios) == (12, 11)
+    steps = [(s["predicted"], s["measured"]) for s in result.measured]
+    expected = [
+        (table_us(a, b) / DENSE_US, measured_us(a, b) / 64.32) for a, b in ((10, 11), (12, 12), (12, 11))
+    ]
+    assert [v for step in steps for v in step] == pytest.approx([v for step in expected for v in step])
+    (p0, m0), (p1, m1) = steps[:2]
+    assert result.measured[2]["table_target"] == pytest.approx(p0 + (0.6 - m0) * (p1 - p0) / (m1 - m0))
+    assert abs(steps[-1][1] - 0.6) <= 0.05 * 0.6
+
+
+def test_a_wild_measurement_moves_the_table_target_at_most_1_5x() -> None:
+    # A machine under load measures every candidate at a fifth of its predicted fraction: the correction
+    # 0.5 · 0.5 / 0.1 = 2.5 is clamped to 0.5 · 1.5 = 0.75; from there the same clamp leads back to the
+    # widths already timed, so the search stops with the closer of the two (0.15 against 0.10).
+    def propose(budget: Budget) -> tuple[float, nn.Module, float, float]:
+        return budget.fraction, nn.Identity(), budget.fraction, budget.fraction
+
+    def loaded(dense: nn.Module, candidate: nn.Module, shape: tuple[int, ...], b: int, t: int) -> Measured:
+        return Measured(0.2 * aimed[-1], 0.0, 1.0, 1.0, 1.0)
+
+    aimed: list[float] = []
+
+    def recording(budget: Budget) -> tuple[float, nn.Module, float, float]:
+        aimed.append(budget.fraction)
+        return propose(budget)
+
+    chosen, steps = latency_budget.land_on_measurement(
+        nn.Identity(), torch.zeros(1, 1), Budget("target_latency", 0.5), recording, loaded
+    )
+    assert aimed == [0.5, 0.75, 0.75] and chosen == 0.75
+    assert [st["measured"] for st in steps] == pytest.approx([0.1, 0.15])
+
+
+def test_corrected_aim() -> None:
+    # one candidate: its error as a ratio (predicted 0.5 measured 0.4 -> search for 0.5 · 0.5 / 0.4)
+    assert corrected_aim(0.5, [(0.5, 0.4)]) == pytest.approx(0.625)
+    # both on one side: the nearest one's ratio
+    assert corrected_aim(0.5, [(0.5, 0.3), (0.6, 0.45)]) == pytest.approx(0.5 * 0.6 / 0.45)
+    # on either side: the line through the nearest two, (0.6, 0.45) and (0.8, 0.55) -> 0.7
+    assert corrected_aim(0.5, [(0.5, 0.3), (0.6, 0.45), (0.8, 0.55), (0.9, 0.7)]) == pytest.approx(0.7)
 
 
 def test_unreachable_latency_names_the_fastest() -> None:
@@ -210,9 +327,34 @@ def test_latency_budget_through_the_api_records_predicted_and_measured(
     record = pruned.details["latency"]
     assert record["predicted_fraction"] == pytest.approx(47.32 / DENSE_US)
     assert record["predicted_layer_us"] == pytest.approx({"conv1": 16.52, "conv2": 25.48, "fc": 5.32})
-    low, high = record["measured_fraction_range"]
-    assert 0 < low <= record["measured_fraction"] <= high  # real timing of the real model, with spread
-    assert pruned.budget.counts == "latency" and timer.calls
+    # the fake whole-model timer agrees with the table: one candidate timed in the search, then the model
+    assert record["measured_fraction"] == pytest.approx(47.32 / DENSE_US)
+    assert record["measured_fraction_range"] == pytest.approx([47.32 / DENSE_US] * 2)
+    assert record["dense_ms"] == pytest.approx(DENSE_US / 1e3) and record["pruned_ms"] == pytest.approx(
+        0.04732
+    )
+    assert [s["measured"] for s in record["search_steps"]] == pytest.approx([47.32 / DENSE_US])
+    assert pruned.budget.counts == "latency" and timer.calls and len(pruned.budget.measured) == 1
+
+
+def test_latency_budget_through_the_api_lands_on_the_measurement(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The same search as test_latency_search_corrects_the_table_by_measuring, through `meet`: the model
+    # built is the second candidate, and the final measurement is recorded beside the search's two.
+    fake_prune(monkeypatch, per_layer=0)
+    model, x = TwoConv().eval(), torch.randn(2, 1, 4, 4)
+    method = prunekit.methods.create_method("l1", Selection.of(target_latency=0.6, round_to=4))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # 0.6306 is within 10 % of 0.6: no warning
+        pruned = prunekit.methods.meet(method, model, x)
+    assert {n: m.out_channels for n, m in pruned.model.named_modules() if isinstance(m, nn.Conv2d)} == {
+        "conv1": 12,
+        "conv2": 12,
+    }
+    record = pruned.details["latency"]
+    assert record["target_fraction"] == 0.6
+    assert record["predicted_fraction"] == pytest.approx(table_us(12, 12) / DENSE_US)
+    assert record["measured_fraction"] == pytest.approx(40.56 / 64.32)
+    assert len(record["search_steps"]) == 2 and pruned.budget.measured == tuple(record["search_steps"])
 
 
 def test_bad_latency_budgets_are_refused() -> None:
@@ -248,6 +390,38 @@ def test_knob_methods_meet_latency_budgets_through_their_knob(monkeypatch: pytes
     assert record["predicted_pruned_ms"] == pytest.approx(
         sum(s.macs() / 100 + 5 for s in shapes.values()) / 1e3
     )
+
+
+def test_knob_methods_correct_the_table_by_measuring_too(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A whole model with 1000 µs per layer that the table (5 µs) does not see: pruning saves relatively less
+    # than predicted. Slimming's knob search is redone for corrected targets until a candidate measures
+    # within 5 % of 0.6; each correction is the nearest candidate's ratio (all measured above the target).
+    fake_prune(monkeypatch, per_layer=1000)
+    model = nn.Sequential(
+        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
+    ).eval()  # fmt: skip
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.weight.copy_(torch.rand(m.num_features, generator=torch.Generator().manual_seed(1)) + 0.01)
+    x = torch.randn(2, 3, 8, 8)
+    pruned = prunekit.methods.meet(
+        prunekit.methods.create_method("slimming", Selection.of(target_latency=0.6)), model, x
+    )
+    steps = pruned.details["latency"]["search_steps"]
+    assert len(steps) >= 2 and steps[0]["table_target"] == 0.6
+    assert steps[0]["measured"] > 0.6 * 1.05  # the table's own answer measures too slow
+    for k in range(1, len(steps)):
+        nearest = min(steps[:k], key=lambda st: abs(st["measured"] - 0.6))
+        assert steps[k]["table_target"] == pytest.approx(0.6 * nearest["predicted"] / nearest["measured"])
+    assert abs(steps[-1]["measured"] - 0.6) <= 0.05 * 0.6
+    timer = ModelTimer(per_layer=1000)
+    by_hand = timer.us(pruned.model, (3, 8, 8)) / timer.us(model, (3, 8, 8))
+    assert pruned.details["latency"]["measured_fraction"] == pytest.approx(by_hand)
+    assert by_hand == pytest.approx(steps[-1]["measured"])
+    assert pruned.budget.counts == "latency" and pruned.budget.measured == tuple(steps)
 
 
 def test_cli_latency_budget_and_profile_table(

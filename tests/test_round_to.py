@@ -238,3 +238,94 @@ def test_low_rank_ranks_are_aligned_and_the_budget_still_met() -> None:
     assert ranks and all(r % 8 == 0 and r >= 8 for r in ranks)
     dense = cost(model, (3, 32, 32)).macs
     assert abs(cost(aligned, (3, 32, 32)).macs / dense - 0.5) <= 0.02 * 0.5
+
+
+class ThreeConv(nn.Module):
+    """1×4×4 input; widths (a, b, c) of conv1..conv3 cost 144a + 16ab + 16bc + 2c MACs: dense 10528."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 16, 1)
+        self.conv3 = nn.Conv2d(16, 16, 1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv3(torch.relu(self.conv2(torch.relu(self.conv1(x))))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+def blocked_by_8(shape: object, batch: int, threads: int, device: str) -> float:
+    """A fake layer timer for a CPU that computes output channels in blocks of 8: a conv costs as if its
+    width were rounded up to a multiple of 8 (MACs/100 µs), plus 5 µs per layer."""
+    import math
+
+    from prunekit.measure.latency_table import LayerShape
+
+    assert isinstance(shape, LayerShape)
+    if shape.is_linear:
+        return shape.macs() / 100 + 5
+    return shape.macs() / shape.out_channels * math.ceil(shape.out_channels / 8) * 8 / 100 + 5
+
+
+# ThreeConv at target_macs=0.6 with round_to=4 (band ±2 %: 6190–6442 MACs). The MAC search answers
+# (12, 12, 12): 6360 MACs. Among the widths one multiple of 4 from it that stay in the band, the fake
+# table (blocks of 8; + 20 µs for the four layers) predicts
+#   (12, 12, 12): 23.04 + 30.72 + 30.72 + 0.24 + 20 = 104.72 µs   6360 MACs
+#   ( 8, 16, 12): 11.52 + 20.48 + 30.72 + 0.24 + 20 =  82.96 µs?  no: conv3 (16 → 12) runs 16 wide,
+#                 16·16·16/100 = 40.96, so 11.52 + 20.48 + 40.96 + 0.24 + 20 = 93.20 µs   6296 MACs
+#   (16,  8, 16): 23.04 + 20.48 + 20.48 + 0.32 + 20 =  84.32 µs   6432 MACs
+# (every other neighbour leaves the band), so the fastest is (16, 8, 16): widths the hardware's 8 divide.
+THREE_FASTEST = (16, 8, 16)
+
+
+def three_widths(model: nn.Module) -> tuple[int, ...]:
+    return tuple(model.get_submodule(n).out_channels for n in ("conv1", "conv2", "conv3"))
+
+
+def test_fastest_aligned_widths_at_a_mac_budget(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prunekit.measure import latency_table
+    from prunekit.methods import latency_budget
+    from prunekit.methods.budget import MacCounter, meet_budget
+    from prunekit.methods.selection import Budget
+
+    monkeypatch.setenv(latency_table.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(latency_budget, "_TABLES", {})
+    monkeypatch.setattr(latency_table, "time_layer", blocked_by_8)
+    model, x = ThreeConv().eval(), torch.randn(2, 1, 4, 4)
+    base = {"conv1": 1.0, "conv2": 1.0, "conv3": 1.0}
+    budget = Budget("target_macs", 0.6)
+
+    def kept(ratios: dict[str, float]) -> tuple[int, ...]:
+        return tuple(16 - pruned_count(ratios[n], 16, n) for n in ("conv1", "conv2", "conv3"))
+
+    plain = meet_budget(model, x, budget, base, round_to=4)
+    assert kept(plain.ratios) == (12, 12, 12) and plain.pruned_macs == 6360
+    fast = meet_budget(model, x, budget, base, round_to=4, fastest=True)
+    assert kept(fast.ratios) == THREE_FASTEST
+    assert fast.pruned_macs == 6432 and fast.reached_fraction == pytest.approx(6432 / 10528)
+    assert MacCounter(model, x).real(fast.ratios) == 6432
+    # the table's own prediction of both, by hand above
+    table = latency_budget.table_for(budget)
+    shapes = latency_budget.layer_shapes
+    for ratios, us in ((plain.ratios, 104.72), (fast.ratios, 84.32)):
+        small = prunekit.prune(model, x, method="l1", rates=",".join(f"{n}:{r}" for n, r in ratios.items()))
+        assert sum(table.lookup_many(shapes(small, x).values())) == pytest.approx(us)
+
+
+def test_auto_states_a_mac_budget_at_the_latency_batch(
+    tmp_path: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # `--round-to auto` with a MAC budget: the budget carries the run's latency batch and threads, which the
+    # fastest-widths rule predicts at; a round_to the user gave leaves the MAC budget as it was.
+    from prunekit.measure import latency_table
+    from prunekit.methods.alignment import deployment_selection
+
+    monkeypatch.setenv(latency_table.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(latency_table, "time_layer", blocked_by_8)
+    auto = deployment_selection(Selection.of(target_macs=0.5), "auto", threads=2, batch_size=64)
+    assert (auto.round_to, auto.round_to_auto) == (8, True)
+    assert (auto.budget.kind, auto.budget.batch_size, auto.budget.threads) == ("target_macs", 64, 2)
+    given = deployment_selection(Selection.of(target_macs=0.5), 8, threads=2, batch_size=64)
+    assert (given.round_to_auto, given.budget.batch_size, given.budget.threads) == (False, 1, 1)

@@ -37,6 +37,9 @@ EXAMPLES_PRUNE = """examples:
   prunekit prune runs/r56/model.safetensors --method random --option seed=3 --target-macs 0.5 \\
       --finetune-epochs 30 --out runs/r56-random
   prunekit prune runs/r56/model.safetensors --method l1 --ratios "*layer1*:0.6,*layer3*:0.3" --out runs/x
+  prunekit prune runs/r56/model.safetensors --method tpp --target-macs 0.5 --sparsify-epochs auto \\
+      --finetune-epochs 120 --out runs/r56-tpp  # the method's declared sparsify stage (steps, SGD lr 1e-3)
+  prunekit prune --resume --out runs/r56-tpp  # continue an interrupted run from its last epoch
   prunekit prune --method l1 --help          # also lists the method's options
   prunekit list methods                      # every method; `prunekit list presets` their named selections
 """
@@ -328,7 +331,9 @@ def _apply_resume(parser: argparse.ArgumentParser, args: argparse.Namespace, arg
     must have the value the run was started with, or the run would no longer be the one recorded."""
     from prunekit.report.run_folder import RunFolder, open_run
 
-    open_run(args.out, resume=True)
+    if args.out is None:  # only `run` has no default --out: it follows the recipe's name
+        args.out = _recipe_out(args)
+    open_run(args.out, resume=True, overwrite=args.overwrite)
     config = RunFolder(args.out).read_config()
     recorded = config.get("command_line")
     if config.get("command") != args.command or not isinstance(recorded, dict):
@@ -361,12 +366,60 @@ def _stage_config(args: argparse.Namespace, prefix: str) -> TrainConfig:
     return TrainConfig.from_dict(values)
 
 
+def _epochs_or_auto(text: str) -> int | str:
+    """`--sparsify-epochs`: a whole number of epochs, or ``auto`` (the method's declared schedule)."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of epochs or auto, got {text!r}") from None
+
+
+def _sparsify_stage(args: argparse.Namespace) -> tuple[TrainConfig | None, dict[str, Any]]:
+    """The sparsify stage's TrainConfig and the method options that go with it.
+
+    The method's declared schedule (`Method.schedule`, what `prunekit compare` runs) sets the stage's
+    optimiser (its `sparsify` overrides: e.g. TPP's SGD at a constant lr 1e-3) wherever the command line
+    does not: `--sparsify-lr`, then an explicitly given `--lr`, `--momentum`, ... win over it, and the
+    schedule wins over the command's defaults. ``--sparsify-epochs auto`` takes the declared length and
+    the schedule's method options too (under `--option`); a method that sets its length in steps (TPP,
+    GReg) refuses any other positive count (`pipeline.sparsify_config`)."""
+    from prunekit.methods import method_class
+
+    schedule = method_class(args.method).schedule
+    options = _method_options(args.option)
+    epochs = args.sparsify_epochs
+    if epochs == "auto":
+        epochs = schedule.sparsify_epochs
+        options = {**schedule.options, **options}
+    elif epochs < 0:
+        raise ConfigError(f"--sparsify-epochs must be ≥ 0 or auto, got {epochs}")
+    if epochs == 0:
+        return None, options
+    given = set(args.given_options or ())
+    values = {**_train_values(args), "epochs": epochs}
+    values |= {key: value for key, value in schedule.sparsify.items() if key not in given}
+    if args.sparsify_lr is not None:
+        values["lr"] = args.sparsify_lr
+    return TrainConfig.from_dict(values), options
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from prunekit.pipeline import PruneSpec, prune_run
 
+    missing = [
+        name for name, value in (("checkpoint", args.checkpoint), ("--method", args.method)) if not value
+    ]
+    if missing:
+        raise ConfigError(
+            f"the following arguments are required: {', '.join(missing)} (or --resume with the --out of a "
+            "prune run)"
+        )
+    sparsify, options = _sparsify_stage(args)
     spec = PruneSpec(
         method=args.method,
-        options=_method_options(args.option),
+        options=options,
         ratio=args.ratio,
         ratios=args.ratios,
         target_macs=args.target_macs,
@@ -377,7 +430,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
         speedup_latency=args.speedup_latency,
         round_to=args.round_to,
     )
-    sparsify = _stage_config(args, "sparsify") if args.sparsify_epochs else None
     finetune = _stage_config(args, "finetune") if args.finetune_epochs else None
     record = {
         "command": "prune",
@@ -400,6 +452,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
         teacher_path=args.teacher,
         allow_noop=args.allow_noop,
         overwrite=args.overwrite,
+        resume=args.resume,
         config_record=record,
     )
     _print_warnings(summary)
@@ -455,13 +508,23 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def _recipe_out(args: argparse.Namespace) -> str:
+    """`prunekit run`'s folder without --out: runs/<recipe name>."""
+    from prunekit.recipes import load_recipe
+
+    if not args.recipe:
+        raise ConfigError("run needs the recipe YAML file (or --resume with the --out of a recipe run)")
+    return f"runs/{load_recipe(args.recipe).name}"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from prunekit.recipes import load_recipe, run_recipe
 
+    args.out = args.out or _recipe_out(args)
     recipe = load_recipe(args.recipe)
     summary = run_recipe(
         recipe,
-        args.out or f"runs/{recipe.name}",
+        args.out,
         dense_checkpoint=args.dense,
         data_root=args.data_root,
         epochs_scale=args.epochs_scale,
@@ -470,7 +533,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         download=not args.no_download,
         device=args.device,
         overwrite=args.overwrite,
+        resume=args.resume,
         threads=args.threads,
+        config_record={"command": "run", "command_line": _options_record(args)},
     )
     ours, pub = summary["ours"], summary["published"]
     print(
@@ -765,6 +830,18 @@ def _method_help(name: str) -> str:
         rows.append((doc.name, doc.type, default, doc.help))
     text = f"method {name!r}: {_summary(cls)}\n\noptions of {name!r} (give them as --option KEY=VALUE):\n"
     text += _table(rows, indent="  ") + "\n"
+    if cls.needs_sparsify():
+        schedule = cls.schedule
+        try:
+            steps = cls().sparsify_steps(1)  # with the default options
+        except PrunekitError:  # a method whose options have no defaults: its length is shown in epochs
+            steps = None
+        length = f"{steps:,} steps" if steps is not None else f"{schedule.sparsify_epochs} epochs"
+        settings = ", ".join(f"{k}={v}" for k, v in {**schedule.sparsify, **schedule.options}.items())
+        text += (
+            f"\ndeclared sparsify stage of {name!r} (--sparsify-epochs auto): {length}"
+            f"{'; ' + settings if settings else ''}\n"
+        )
     if presets := getattr(cls, "presets", {}):
         text += f"\npresets of {name!r} (named selections):\n"
         text += _table(list(presets.items()), indent="  ") + "\n"
@@ -834,8 +911,12 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
         formatter_class=fmt,
         epilog=EXAMPLES_PRUNE + ("\n" + _method_help(method) if method else ""),
     )
-    p.add_argument("checkpoint", help="model.safetensors written by prunekit (e.g. by `prunekit train`)")
-    p.add_argument("--method", required=True, metavar="NAME", help=methods)
+    p.add_argument(
+        "checkpoint",
+        nargs="?",
+        help="model.safetensors written by prunekit (e.g. by `prunekit train`; not with --resume)",
+    )
+    p.add_argument("--method", metavar="NAME", help=methods)  # required unless --resume (cmd_prune)
     p.add_argument(
         "--option",
         action="append",
@@ -875,7 +956,9 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
         "--round-to",
         metavar="N|auto",
         help="kept widths are multiples of N (auto: the multiple this machine runs fastest, measured once "
-        "and cached)",
+        "and cached; with --target-macs/--speedup, auto also moves widths one multiple up or down where the "
+        "latency table, at the first --latency-batches size and --threads, predicts the same budget runs "
+        "faster)",
     )
     p.add_argument(
         "--calib-images",
@@ -885,9 +968,20 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
         "asks for, e.g. 128, or a ranking method's n_images)",
     )
     p.add_argument(
-        "--sparsify-epochs", type=int, metavar="N", default=0, help="regularised training before pruning"
+        "--sparsify-epochs",
+        type=_epochs_or_auto,
+        metavar="N|auto",
+        default=0,
+        help="regularised training before pruning; auto: the method's declared schedule (its length, in "
+        "steps for TPP/GReg, and its options); the stage's optimiser settings are the method's declared "
+        "ones unless given here",
     )
-    p.add_argument("--sparsify-lr", type=float, metavar="F", help="lr of the sparsify stage (default: --lr)")
+    p.add_argument(
+        "--sparsify-lr",
+        type=float,
+        metavar="F",
+        help="lr of the sparsify stage (default: the method's declared lr, else --lr)",
+    )
     p.add_argument(
         "--finetune-epochs", type=int, metavar="N", default=0, help="fine-tuning epochs after pruning"
     )
@@ -899,7 +993,7 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
         help="accept a pruning that removes nothing (else it is an error saying what to change)",
     )
     p.add_argument("--out", default="runs/prune", help="run folder to write")
-    _add_run_folder_args(p, resume=False)
+    _add_run_folder_args(p, resume=True)
     p.add_argument(
         "--latency-batches",
         type=_csv_ints,
@@ -910,7 +1004,9 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
     _add_data_args(p)
     # Each stage has its own epochs (--sparsify-epochs, --finetune-epochs); a plain --epochs would be ignored.
     _add_train_args(p, defaults={"lr": FINETUNE_LR}, skip=("epochs",))
-    p.set_defaults(func=cmd_prune)
+    # given_options: what the command line set (main fills it; a resumed run reads it back from its record),
+    # so the method's declared sparsify settings yield to the user's and to nothing else.
+    p.set_defaults(func=cmd_prune, resume_parser=p, given_options=None)
 
     p = sub.add_parser(
         "finetune",
@@ -939,9 +1035,12 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
         formatter_class=fmt,
         epilog="examples:\n  prunekit run recipes/METHOD/ROW.yaml --data-root ../shared/data\n"
         "  prunekit run recipes/METHOD/ROW.yaml --dense runs/r56/model.safetensors   # skip the baseline\n"
-        "  prunekit run recipes/METHOD/ROW.yaml --epochs-scale 0.02 --limit-train 5000   # a smoke run\n",
+        "  prunekit run recipes/METHOD/ROW.yaml --epochs-scale 0.02 --limit-train 5000   # a smoke run\n"
+        "  prunekit run --resume --out runs/ROW   # continue an interrupted run; finished stages are kept\n",
     )
-    p.add_argument("recipe", help="a recipe YAML file (see recipes/)")
+    p.add_argument(
+        "recipe", nargs="?", help="a recipe YAML file (see recipes/); --resume reads it from the run's config"
+    )
     p.add_argument("--out", help="run folder (default runs/<recipe name>)")
     p.add_argument("--dense", help="start from this model file instead of training the recipe's baseline")
     p.add_argument("--data-root", help="folder with the datasets")
@@ -950,8 +1049,8 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
     p.add_argument("--limit-train", type=int, metavar="N", help="use only the first N training images")
     p.add_argument("--limit-test", type=int, metavar="N", help="use only the first N test images")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
-    _add_run_folder_args(p, resume=False)
-    p.set_defaults(func=cmd_run)
+    _add_run_folder_args(p, resume=True)
+    p.set_defaults(func=cmd_run, resume_parser=p)
 
     p = sub.add_parser(
         "report",
@@ -1139,8 +1238,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.print_help()
             return 2
         command_argv = argv[argv.index(args.command) + 1 :]
-        if getattr(args, "resume", False):
+        if getattr(args, "resume", False) and getattr(args, "resume_parser", None) is not None:
+            # compare checks its own recorded configuration (`compare.run_compare`).
             _apply_resume(args.resume_parser, args, command_argv)
+        elif hasattr(args, "given_options"):
+            args.given_options = sorted(_given_on_command_line(args.resume_parser, command_argv))
         elif getattr(args, "config_parser", None) is not None:
             _apply_yaml_config(args.config_parser, args, command_argv)
         return int(args.func(args) or 0)

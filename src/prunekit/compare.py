@@ -113,7 +113,13 @@ class CompareSpec:
         schedule = self.schedule(name)
         if schedule is None or not method_class(name).needs_sparsify():
             return None
-        epochs = schedule.sparsify_epochs if self.sparsify_epochs is None else self.sparsify_epochs
+        probe = create_method(name, Selection.of(target_macs=0.5), **self.options(name))
+        # A stage set in steps (TPP, GReg) keeps its declared switch: its options set its length, and any
+        # other epoch count is refused by `pipeline.sparsify_config` (`check` names the options to use).
+        in_steps = probe.sparsify_steps(1) is not None
+        epochs = (
+            schedule.sparsify_epochs if self.sparsify_epochs is None or in_steps else self.sparsify_epochs
+        )
         if epochs <= 0:
             return None
         base = dataclasses.replace(self.finetune, epochs=epochs, seed=seed).to_dict()
@@ -306,8 +312,11 @@ def _compare(
                     summaries[(budget, name, seed)] = done
                     continue
                 say(f"{name} at {budget:g}× MACs, seed {seed}")
-                if path.exists():
-                    shutil.rmtree(path)  # an interrupted row starts again; finished rows are never touched
+                # An interrupted row continues (its sparsify and fine-tune stages from their last epoch, the
+                # same configuration by construction); one that never wrote its config starts again.
+                resume_row = (path / "config.yaml").is_file()
+                if path.exists() and not resume_row:
+                    shutil.rmtree(path)
                 try:
                     summaries[(budget, name, seed)] = prune_run(
                         dense_path,
@@ -320,6 +329,7 @@ def _compare(
                         latency_batches=(),
                         threads=threads,
                         progress=progress,
+                        resume=resume_row,
                     )
                 except PrunekitError as exc:  # one method failing its budget must not sink the table
                     failed[str(path.relative_to(out))] = str(exc)

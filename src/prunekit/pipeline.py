@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import shutil
 import time
 import warnings
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ from torch import nn
 
 from prunekit import model_file
 from prunekit.data import build_loaders, list_datasets
-from prunekit.errors import ConfigError, unknown_name
+from prunekit.errors import ConfigError, PrunekitError, unknown_name
 from prunekit.measure import CONVENTION, compare_latency, cost, sparsity_report
 from prunekit.methods import Method, Pruned, Selection, Stage, create_method, meet
 from prunekit.methods.alignment import deployment_selection
@@ -33,9 +34,11 @@ from prunekit.report import RunFolder, comparison_markdown, plot_curves, plot_wi
 from prunekit.report.run_folder import open_run
 from prunekit.report.tables import ComparisonRow
 from prunekit.surgery import LowRankConv2d, attach, record_masks
+from prunekit.surgery.graph import graph_of
 from prunekit.train import TrainConfig, evaluate, fit
 from prunekit.train.distributed import DistInfo, cleanup, init_distributed
 from prunekit.train.threads import use_threads
+from prunekit.train.trainer_state import STATE, WEIGHTS
 
 
 @dataclass
@@ -388,6 +391,7 @@ class RunSummary:
     budget: dict[str, Any] | None = None
     method_details: dict[str, Any] = field(default_factory=dict)
     layers: dict[str, list[str]] | None = None  # prune: the layers eligible for pruning and those pruned
+    sparsify: dict[str, Any] | None = None  # prune: the sparsify stage as it ran (config, steps)
     threads: int | None = None  # CPU threads of training and timing
     warnings: list[str] = field(default_factory=list)  # the run's warning channel
 
@@ -411,6 +415,7 @@ class RunSummary:
                 "sparsity": self.sparsity,
                 "budget": self.budget,
                 "layers": self.layers,
+                "sparsify": self.sparsify,
             }
             if self.method_details:
                 out[str(self.method)] = self.method_details
@@ -568,8 +573,51 @@ def prune(
         latency_threads=latency_threads,
     )
     calib = example_input if calib is None else calib
-    m.prepare(model, calib)
-    return prune_stage(m, model, calib).model
+    try:
+        m.prepare(model, calib)
+        pruned = prune_stage(m, model, calib)
+    except PrunekitError:
+        raise
+    except Exception as exc:
+        refuse_input_the_model_rejects(model, example_input, exc)
+        raise
+    refuse_when_nothing_prunable(model, pruned, example_input)
+    return pruned.model
+
+
+def refuse_input_the_model_rejects(model: nn.Module, example: torch.Tensor, exc: Exception) -> None:
+    """After an unexpected failure: when the model itself does not run on the example input (an image
+    smaller than its kernels allow, the wrong channel count), say so as the user's error. Only then, so a
+    successful prune pays no extra forward; any other failure is left as it was (a bug to report)."""
+    try:
+        with torch.no_grad(), evaluating(model):
+            model(example)
+    except Exception as own:
+        shape = tuple(example.shape) if isinstance(example, torch.Tensor) else type(example).__name__
+        raise ConfigError(
+            f"the model does not run on the example input of shape {shape} "
+            f"({type(own).__name__}: {own}); pass an input the model accepts"
+        ) from exc
+
+
+def refuse_when_nothing_prunable(model: nn.Module, pruned: Pruned, example: torch.Tensor) -> None:
+    """A model returned unchanged because no layer can lose channels is refused with the engine's reasons:
+    handing back the dense model as if pruned would be a silent no-op (e.g. weight-standardised convs)."""
+
+    def count(net: nn.Module) -> int:
+        return sum(p.numel() for p in net.parameters())
+
+    if pruned.masks or count(pruned.model) != count(model) or eligible_layers(model, example):
+        return
+    graph = graph_of(model, example)
+    layers = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    why = {name: graph.exclusion(name) or "" for name in layers}
+    # The classifier's refusal is expected; the others say what to change.
+    shown = sorted(layers, key=lambda name: why[name].startswith("its output channels are the model's"))[:3]
+    raise ConfigError(
+        f"nothing was pruned: none of the model's {len(layers)} conv/linear layers can lose output channels; "
+        + "; ".join(f"{name!r}: {why[name]}" for name in shown)
+    )
 
 
 def prune_stage(method: Method, model: nn.Module, calib: torch.Tensor, stage: Stage | None = None) -> Pruned:
@@ -613,16 +661,36 @@ def calibration_batch(loader: Any, n_images: int) -> torch.Tensor:
     return torch.cat(chunks)[:n_images]
 
 
-def sparsify_stage(method: Method, model: nn.Module, stage: Stage, cfg: TrainConfig | None) -> nn.Module:
-    """Regularised training with the method's hooks, when the run asks for it (or the method declares its
-    own length in steps); the model is trained in place and returned."""
-    steps = method.sparsify_steps(len(stage.train))
-    if steps is not None and cfg is not None:
-        cfg = dataclasses.replace(cfg, epochs=max(1, math.ceil(steps / len(stage.train))))
+def sparsify_config(method: Method, cfg: TrainConfig | None, steps_per_epoch: int) -> TrainConfig | None:
+    """The sparsify stage as it runs: None when the run asks for none (no config, or 0 epochs). A method
+    that declares its length in steps (`sparsify_steps`, TPP's λ ramp) runs whole epochs covering them;
+    its config then has 1 epoch, which only switches the stage on — any other count would be ignored, so
+    it is refused."""
     if cfg is None or cfg.epochs <= 0:
-        return model
+        return None
     if not type(method).needs_sparsify():
         raise ConfigError(f"method {method.name!r} has no sparsify stage; drop --sparsify-epochs")
+    steps = method.sparsify_steps(steps_per_epoch)
+    if steps is None:
+        return cfg
+    epochs = max(1, math.ceil(steps / steps_per_epoch))
+    if cfg.epochs != 1:
+        raise ConfigError(
+            f"{method.name} sets the length of its sparsify stage itself ({steps:,} steps = {epochs} epochs "
+            f"of {steps_per_epoch} batches), so {cfg.epochs} sparsify epochs would be ignored: give "
+            "--sparsify-epochs auto (or 1) to run its stage, 0 for none, and change its length with its "
+            f"options (`prunekit prune --method {method.name} --help`)"
+        )
+    return dataclasses.replace(cfg, epochs=epochs)
+
+
+def sparsify_stage(method: Method, model: nn.Module, stage: Stage, cfg: TrainConfig | None) -> nn.Module:
+    """Regularised training with the method's hooks, when the run asks for it (`sparsify_config`); the
+    model is trained in place and returned. In a resumed run the stage continues from its last finished
+    epoch, the method's own state (λ clock, picks) included (`train.hooks`)."""
+    cfg = sparsify_config(method, cfg, len(stage.train))
+    if cfg is None:
+        return model
     stage.fit(model, cfg, hooks=[method], subdir="sparsify")
     return model
 
@@ -641,13 +709,16 @@ def prune_run(
     teacher_path: str | Path | None = None,
     allow_noop: bool = False,
     overwrite: bool = False,
+    resume: bool = False,
     progress: bool | None = None,
     config_record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """build → prepare → sparsify → prune → fine-tune → measure, into run folder `out`.
 
     A `teacher_path` distils into the fine-tuning. A method that removes nothing is an error (the run would
-    report an unchanged model as pruned) unless `allow_noop`."""
+    report an unchanged model as pruned) unless `allow_noop`. `resume` continues the run in `out` (started
+    with the same arguments): the sparsify and fine-tune stages go on from their last finished epoch with
+    the method's state, and the deterministic stages between them run again."""
     started = time.time()
     threads = use_threads(threads)
     latency_batches = check_latency_batches(latency_batches)
@@ -657,9 +728,10 @@ def prune_run(
     data.check()
     if teacher_path is not None and (finetune is None or finetune.epochs <= 0):
         raise ConfigError("--teacher distils during fine-tuning; give --finetune-epochs N (N ≥ 1)")
-    run = open_run(out, overwrite=overwrite)
+    run = open_run(out, overwrite=overwrite, resume=resume)
     dense, data, train_loader, val_loader, shape, dev = _open_stage(checkpoint_path, data, device)
     teacher = load_teacher(teacher_path, dev)
+    sparsify_run = sparsify_config(method, sparsify, len(train_loader))  # refused now, not after prepare
     config = {
         **(config_record or {}),
         "checkpoint": str(checkpoint_path),
@@ -674,8 +746,10 @@ def prune_run(
         "threads": threads,
     }
     warned: list[str] = []
-    with run.recording(config), run_warnings(warned):
-        stage = Stage(train_loader, val_loader, finetune, run.path, dev, progress, teacher)
+    with run.recording(config, resume=resume), run_warnings(warned):
+        if resume:
+            _clear_unresumable(run.path)
+        stage = Stage(train_loader, val_loader, finetune, run.path, dev, progress, teacher, resume=resume)
         dense_eval = evaluate(dense, val_loader, device=dev)
         model = copy.deepcopy(dense).to("cpu")  # `dense` stays the reference
         calib = calibration_batch(train_loader, spec.calib_images or method.calib_images()).to("cpu")
@@ -725,6 +799,7 @@ def prune_run(
             },
             threads=threads,
             warnings=warned,
+            sparsify=_sparsify_record(method, sparsify_run, len(train_loader)),
         )
         rows = [
             ComparisonRow("dense", dense_eval["top1"], *_cost_cells(measured["dense"])),
@@ -753,6 +828,32 @@ def prune_run(
             widths=(summary.widths_before, summary.widths_after),
             start_top1=pruned_eval["top1"],
         )
+
+
+def _sparsify_record(method: Method, cfg: TrainConfig | None, steps_per_epoch: int) -> dict[str, Any] | None:
+    """The sparsify stage as it ran, for the summary: its whole training config and its length."""
+    if cfg is None:
+        return None
+    return {
+        "train": cfg.to_dict(),
+        "steps_per_epoch": steps_per_epoch,
+        "steps": cfg.epochs * steps_per_epoch,
+        "steps_declared": method.sparsify_steps(steps_per_epoch),
+    }
+
+
+#: What a resumed prune run continues: its record, and the stages `fit` checkpoints (the sparsify stage in
+#: its folder, the fine-tune in the run's root). Everything else is made again by the resumed run.
+_RESUMABLE = {"config.yaml", "summary.json", "sparsify", WEIGHTS, STATE, "log.jsonl"}
+
+
+def _clear_unresumable(path: Path) -> None:
+    """Remove what a resumed prune run makes again (plots, the model file, and the folders of training a
+    method's own pruning runs without checkpoints, e.g. HRank's layer-wise stages, whose logs would
+    otherwise be appended to)."""
+    for child in path.iterdir():
+        if child.name not in _RESUMABLE:
+            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
 def eligible_layers(model: nn.Module, example: torch.Tensor) -> list[str]:

@@ -14,22 +14,33 @@ Layout (every key but `published` drives the run):
 
 `--epochs-scale` shortens every schedule (epochs and milestones) for smoke runs; the summary records the
 scale so shortened numbers are never mistaken for the recipe's.
+
+A run writes `dense/` (the baseline's train run), `pruned/` (the prune run) and, in its root, `config.yaml`
+(the recipe as it was read and the options), `summary.json` and `report.md`. `--resume` continues an
+interrupted run: a stage whose folder holds a complete summary is kept, an interrupted one continues from
+its last finished epoch (`prunekit train/prune --resume`), and the root summary and report are made from
+the stages' files, so they equal an uninterrupted run's. A recipe or an option changed since the run
+started is refused, naming what differs.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from prunekit.compare import finished
 from prunekit.errors import ConfigError
 from prunekit.pipeline import DataSpec, PruneSpec, prune_run, train_run
 from prunekit.report import RunFolder
 from prunekit.report.run_folder import open_run
 from prunekit.train import TrainConfig
+from prunekit.train.trainer_state import has_checkpoint
 
 _TOP_KEYS = {"name", "model", "data", "dense", "method", "sparsify", "finetune", "published"}
 _DATA_KEYS = {"dataset", "normalize", "eval_batch_size", "root", "pretrained"}
@@ -119,42 +130,24 @@ def run_recipe(
     device: str | None = None,
     progress: bool | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     threads: int | None = None,
+    config_record: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """dense (trained or given) → prune with the recipe's method → summary beside the published numbers."""
+    """dense (trained or given) → prune with the recipe's method → summary beside the published numbers.
+
+    `resume` continues the run in `out`, which must have been started with the same recipe (contents) and
+    options (`device`, `threads`, `data_root`, `download` and `progress` may change: they say where it
+    runs, not what it computes); `config_record` is stored with the run's config (the CLI's options)."""
     if not 0 < epochs_scale <= 1:
         raise ConfigError(f"--epochs-scale must be in (0, 1], got {epochs_scale:g}")
     # A shortened run shortens the sparsify stage a method declares in steps too (TPP's λ ramp).
     spec = PruneSpec(recipe.method, options=recipe.options, step_scale=epochs_scale)
     spec.build()  # a mistyped method or option fails now, not after the dense stage
-    # So do the stages' keys and values, the data options and the run folder.
+    # So do the stages' keys and values, the data options, the baseline's source and the run folder.
     for stage in (recipe.dense if "epochs" in recipe.dense else None, recipe.finetune, recipe.sparsify):
         if stage is not None:
             stage_config(stage, epochs_scale)
-    if dense_checkpoint is not None:
-        check_dense(recipe, dense_checkpoint)
-    run = open_run(out, overwrite=overwrite)
-    with run.recording(None):
-        return _run_recipe(
-            recipe, run, spec, dense_checkpoint, data_root, epochs_scale, limit_train, limit_test, download,
-            device, progress, threads,
-        )  # fmt: skip
-
-
-def _run_recipe(
-    recipe: Recipe,
-    run: RunFolder,
-    spec: PruneSpec,
-    dense_checkpoint: str | Path | None,
-    data_root: str | None,
-    epochs_scale: float,
-    limit_train: int | None,
-    limit_test: int | None,
-    download: bool,
-    device: str | None,
-    progress: bool | None,
-    threads: int | None,
-) -> dict[str, Any]:
     data = DataSpec(
         recipe.data["dataset"],
         root=data_root,
@@ -165,6 +158,16 @@ def _run_recipe(
         normalize=bool(recipe.data.get("normalize", True)),
     )
     data.check()
+    if dense_checkpoint is None and "epochs" not in recipe.dense:
+        source = recipe.dense.get("checkpoint") or recipe.dense.get("pretrained") or "a pretrained model"
+        raise ConfigError(
+            f"recipe {recipe.name} starts from {source}'s pretrained baseline, which prunekit cannot "
+            "download; pass --dense PATH (a prunekit model file: from `prunekit train`, or the authors' "
+            "checkpoint converted with `prunekit import`)"
+        )
+    if dense_checkpoint is not None:
+        check_dense(recipe, dense_checkpoint)
+    run = open_run(out, overwrite=overwrite, resume=resume)
     record = {
         "recipe": str(recipe.path),
         "name": recipe.name,
@@ -172,44 +175,184 @@ def _run_recipe(
         "limit_train": limit_train,
         "limit_test": limit_test,
     }
-    if dense_checkpoint is None:
-        if "epochs" not in recipe.dense:
-            source = recipe.dense.get("checkpoint") or recipe.dense.get("pretrained") or "a pretrained model"
-            raise ConfigError(
-                f"recipe {recipe.name} starts from {source}'s pretrained baseline, which prunekit cannot "
-                "download; pass --dense PATH (a prunekit model file: from `prunekit train`, or the authors' "
-                "checkpoint converted with `prunekit import`)"
-            )
-        dense_cfg = stage_config(recipe.dense, epochs_scale)
-        dense_data = dataclasses.replace(data, batch_size=int(recipe.dense.get("batch_size", 128)))
-        train_run(
-            recipe.arch,
-            dense_data,
-            dense_cfg,
-            run.path / "dense",
-            model_kwargs=recipe.model_kwargs,
-            device=device,
-            threads=threads,
-            progress=progress,
-            config_record={**record, "stage": "dense", "train": dense_cfg.to_dict()},
+    dense_file = Path(dense_checkpoint or run.path / "dense" / "model.safetensors")
+    config = {
+        **(config_record or {}),
+        **record,
+        "dense": str(dense_checkpoint) if dense_checkpoint is not None else None,
+        "dense_checkpoint": str(dense_file),
+        "data_root": data_root,
+        "download": download,
+        "recipe_content": _recipe_record(recipe),
+    }
+    if resume:
+        _check_resumable(run, config)
+    stages = _Stages(recipe, data, epochs_scale, record, device, threads, progress)
+    with run.recording(config, resume=resume):
+        if dense_checkpoint is None:
+            _dense_stage(stages, run.path / "dense")
+        result = _prune_stage(stages, run.path / "pruned", spec, dense_file)
+        summary = _summary(recipe, result, epochs_scale, limit_train)
+        run.write_summary(summary)
+        run.write_text("report.md", _recipe_report(recipe, summary))
+        return summary
+
+
+def _recipe_record(recipe: Recipe) -> dict[str, Any]:
+    """The recipe as its file lays it out (what the run's config.yaml records, and a resume compares)."""
+    return {
+        "name": recipe.name,
+        "model": {"arch": recipe.arch, **recipe.model_kwargs},
+        "data": recipe.data,
+        "dense": recipe.dense,
+        "method": {"name": recipe.method, "options": recipe.options},
+        "sparsify": recipe.sparsify,
+        "finetune": recipe.finetune,
+        "published": recipe.published,
+    }
+
+
+#: What a resumed run must share with the run it continues (the rest says where it runs): config key → flag.
+_SAME_ON_RESUME = {
+    "recipe": "the recipe",
+    "dense": "--dense",
+    "epochs_scale": "--epochs-scale",
+    "limit_train": "--limit-train",
+    "limit_test": "--limit-test",
+}
+
+
+def _check_resumable(run: RunFolder, config: dict[str, Any]) -> None:
+    """`--resume` continues an unfinished recipe run started with this recipe and these options; anything
+    else is refused before any work, naming what differs."""
+    recorded = run.read_config()
+    where = run.path / "config.yaml"
+    if "recipe_content" not in recorded:
+        command = recorded.get("command")
+        kind = f"a {command} run" if command else "a run of another command (or an older prunekit)"
+        raise ConfigError(
+            f"{run.path} holds {kind}, not a recipe run that `prunekit run --resume` can continue; start "
+            "a new run with another --out"
         )
-        dense_checkpoint = run.path / "dense" / "model.safetensors"
-    finetune = stage_config(recipe.finetune, epochs_scale) if recipe.finetune else None
-    sparsify = stage_config(recipe.sparsify, epochs_scale) if recipe.sparsify else None
-    batch = (recipe.finetune or recipe.sparsify or recipe.dense).get("batch_size", 128)
-    result = prune_run(
-        dense_checkpoint,
-        spec,
-        dataclasses.replace(data, batch_size=int(batch)),
-        run.path / "pruned",
-        sparsify=sparsify,
-        finetune=finetune,
-        device=device,
-        threads=threads,
-        progress=progress,
-        config_record={**record, "stage": "prune", "method": recipe.method, "options": recipe.options},
+    summary = run.path / "summary.json"
+    if summary.is_file():
+        try:
+            status = json.loads(summary.read_text(encoding="utf-8")).get("status")
+        except json.JSONDecodeError:
+            status = None  # torn by a crash mid-write (writes are atomic, so only by hand): not finished
+        if status == "complete":
+            raise ConfigError(
+                f"the run in {run.path} already finished (summary.json says complete): there is nothing to "
+                f"resume; `prunekit report {run.path}` shows it, --overwrite runs it again"
+            )
+    now = _as_recorded(config)
+    for key, flag in _SAME_ON_RESUME.items():
+        if recorded.get(key) != now[key]:
+            raise ConfigError(
+                f"{flag} {_shown(now[key])} differs from the run being resumed ({flag} "
+                f"{_shown(recorded.get(key))} in {where}); a resumed run keeps its options: give the same, "
+                "or start a new run with another --out"
+            )
+    changed = _differences(recorded["recipe_content"], now["recipe_content"])
+    if changed:
+        raise ConfigError(
+            f"recipe {now['recipe']} changed since the run in {run.path} started: {'; '.join(changed)}; a "
+            "resumed run keeps its recipe: restore those values, or start a new run with another --out"
+        )
+
+
+def _as_recorded(value: Any) -> Any:
+    """`value` as config.yaml reads back (tuples as lists, paths as strings)."""
+    plain = json.loads(json.dumps(value, default=str))
+    return yaml.safe_load(yaml.safe_dump(plain, sort_keys=False))
+
+
+def _shown(value: Any) -> str:
+    return "(none)" if value is None else str(value)
+
+
+def _differences(then: Any, now: Any, where: str = "") -> list[str]:
+    """Every key path whose value differs, with both values: `finetune.epochs: 2 in the run, 3 now`."""
+    if isinstance(then, dict) and isinstance(now, dict):
+        return [
+            line
+            for key in [*then, *(k for k in now if k not in then)]
+            for line in _differences(then.get(key), now.get(key), f"{where}.{key}" if where else str(key))
+        ]
+    return [] if then == now else [f"{where}: {then!r} in the run, {now!r} now"]
+
+
+@dataclass(frozen=True)
+class _Stages:
+    """What the stages of one recipe run share: the recipe, the data, the schedules' scale, the record their
+    configs start with, and where they run."""
+
+    recipe: Recipe
+    data: DataSpec
+    epochs_scale: float
+    record: dict[str, Any]
+    device: str | None
+    threads: int | None
+    progress: bool | None
+
+
+def _dense_stage(stages: _Stages, folder: Path) -> None:
+    """Train the baseline into `folder`; a finished one (a resumed run) is kept, an interrupted one goes on
+    from its last finished epoch, and one stopped before its first epoch ended starts again."""
+    if finished(folder) is not None:
+        return
+    resume = has_checkpoint(folder)
+    if folder.exists() and not resume:
+        shutil.rmtree(folder)
+    recipe = stages.recipe
+    dense_cfg = stage_config(recipe.dense, stages.epochs_scale)
+    train_run(
+        recipe.arch,
+        dataclasses.replace(stages.data, batch_size=int(recipe.dense.get("batch_size", 128))),
+        dense_cfg,
+        folder,
+        model_kwargs=recipe.model_kwargs,
+        resume=resume,
+        device=stages.device,
+        threads=stages.threads,
+        progress=stages.progress,
+        config_record={**stages.record, "stage": "dense", "train": dense_cfg.to_dict()},
     )
-    summary = {
+
+
+def _prune_stage(stages: _Stages, folder: Path, spec: PruneSpec, dense_file: Path) -> dict[str, Any]:
+    """Prune (sparsify, prune, fine-tune) into `folder`; returns its summary as written. A finished stage
+    is kept; an interrupted one continues as `prunekit prune --resume` does (its sparsify and fine-tune
+    from their last finished epoch, the deterministic steps between them again)."""
+    summary = finished(folder)
+    if summary is not None:
+        return summary
+    resume = (folder / "config.yaml").is_file()
+    if folder.exists() and not resume:
+        shutil.rmtree(folder)
+    recipe, scale = stages.recipe, stages.epochs_scale
+    batch = (recipe.finetune or recipe.sparsify or recipe.dense).get("batch_size", 128)
+    prune_run(
+        dense_file,
+        spec,
+        dataclasses.replace(stages.data, batch_size=int(batch)),
+        folder,
+        sparsify=stage_config(recipe.sparsify, scale) if recipe.sparsify else None,
+        finetune=stage_config(recipe.finetune, scale) if recipe.finetune else None,
+        resume=resume,
+        device=stages.device,
+        threads=stages.threads,
+        progress=stages.progress,
+        config_record={**stages.record, "stage": "prune", "method": recipe.method, "options": recipe.options},
+    )
+    # Read back rather than returned: a kept stage and a fresh one give the summary the same JSON form.
+    return RunFolder(folder).read_summary()
+
+
+def _summary(
+    recipe: Recipe, result: dict[str, Any], epochs_scale: float, limit_train: int | None
+) -> dict[str, Any]:
+    return {
         "status": "complete",
         "kind": "recipe",
         "recipe": recipe.name,
@@ -229,10 +372,6 @@ def _run_recipe(
             **({"sparsity": result["sparsity"]} if result.get("sparsity") else {}),
         },
     }
-    run.write_config({**record, "dense_checkpoint": str(dense_checkpoint)})
-    run.write_summary(summary)
-    run.write_text("report.md", _recipe_report(recipe, summary))
-    return summary
 
 
 def check_dense(recipe: Recipe, path: str | Path) -> None:

@@ -132,12 +132,18 @@ def deployment_selection(
     selection: Selection | None, round_to: int | str | None, threads: int = 1, batch_size: int = 1
 ) -> Selection | None:
     """`selection` with `round_to` resolved and added, and a latency budget stated at the run's batch size
-    and thread count (what the lookup table and the final measurement use)."""
+    and thread count (what the lookup table and the final measurement use). A MAC budget with
+    ``round_to="auto"`` is stated there too: among the aligned widths that meet it, the search prefers
+    those the latency table predicts fastest at that batch size and thread count."""
     r = resolve_round_to(round_to, threads, batch_size)
+    auto = isinstance(round_to, str) and round_to.strip().lower() == "auto"
     if r is not None:
-        auto = isinstance(round_to, str) and round_to.strip().lower() == "auto"
         selection = (Selection.of(round_to=r) if selection is None else selection).with_round_to(r, auto)
-    if selection is not None and selection.budget is not None and selection.budget.counts == "latency":
+    if (
+        selection is not None
+        and selection.budget is not None
+        and (selection.budget.counts == "latency" or (auto and selection.budget.counts == "macs"))
+    ):
         budget = dataclasses.replace(selection.budget, batch_size=batch_size, threads=threads)
         selection = dataclasses.replace(selection, budget=budget)
     return selection

@@ -260,11 +260,32 @@ class LayerGroup:
     out_channels: int
     unit_of: Mapping[str, tuple[int, ...]] | None = None
 
-    def kept_channels(self, kept_units: Sequence[int]) -> dict[str, list[int]]:
-        """Each member's kept output channels when the group keeps `kept_units` (sorted)."""
+    def kept_channels(self, kept_units: Sequence[int], scores: Tensor | None = None) -> dict[str, list[int]]:
+        """Each member's kept output channels when the group keeps `kept_units` (sorted).
+
+        A member of an uneven group (one branch of a concatenation under a residual add, as in
+        Inception-ResNet) owns only some units. When all of them go, a layer with no channels would
+        disconnect the network: the member keeps back its best unit by `scores` (one per unit; without
+        them its first) and the weakest other kept unit goes instead (without scores the last), so the
+        group still loses as many units as asked and the budget's count stays right."""
         if self.unit_of is None:
             return dict.fromkeys(self.members, list(kept_units))
         keep = set(kept_units)
+
+        def strength(unit: int) -> float:
+            return float(scores[unit]) if scores is not None else -unit
+
+        for member in self.members:
+            units = self.unit_of[member]
+            if not units or not keep.isdisjoint(units):
+                continue
+            keep.add(max(units, key=strength))
+            # Only a unit every member still holds another kept unit besides can be given up for it.
+            sole = {next(iter(held)) for held in (keep.intersection(self.unit_of[m]) for m in self.members)
+                    if len(held) == 1}  # fmt: skip
+            spare = keep - sole
+            if spare:
+                keep.discard(min(spare, key=strength))
         return {m: [c for c, u in enumerate(self.unit_of[m]) if u in keep] for m in self.members}
 
     def unit_scores(self, member: str, scores: Tensor) -> Tensor:
@@ -372,6 +393,7 @@ def plan_from_ratios(
         ratio = group_ratio(group, dict(ratios))
         if ratio == 0:
             continue
+        summed = None
         if score is None:
             kept = list(range(group.out_channels - pruned_count(ratio, group.out_channels, group.members[0])))
         else:
@@ -386,8 +408,9 @@ def plan_from_ratios(
                 raise ConfigError(
                     f"no channel scores for {', '.join(group.members)}; score them before planning"
                 )
-            kept = select(torch.stack(scored).sum(0), ratio, group.members[0])
-        plan.update(group.kept_channels(kept))
+            summed = torch.stack(scored).sum(0)
+            kept = select(summed, ratio, group.members[0])
+        plan.update(group.kept_channels(kept, summed))
     return plan
 
 
@@ -497,7 +520,9 @@ def layer_ratios(
 
         result = meet_latency_budget(model, example, selection.budget, ratios, round_to=round_to)
     else:
-        result = meet_budget(model, example, selection.budget, ratios, round_to=round_to)
+        # A measured (auto) round_to also picks, among the aligned widths that meet the budget, fast ones.
+        fastest = selection.round_to_auto
+        result = meet_budget(model, example, selection.budget, ratios, round_to=round_to, fastest=fastest)
     return result.ratios, result
 
 

@@ -51,6 +51,9 @@ class BudgetResult:
     ratios: dict[str, float]
     knob: str = "ratio_scale"  # what was searched; `ratio` holds its value
     counts: str = "macs"  # "macs", or "density": dense_macs/pruned_macs then count weights and nonzeros
+    #: Latency budgets: the candidates timed against the dense model while the search corrected the lookup
+    #: table (per step: the table's target, its prediction, the measured fraction and its range).
+    measured: tuple[dict[str, float], ...] = ()
 
 
 class BudgetGap(ConfigError):
@@ -163,15 +166,20 @@ class MacCounter:
 
     def plan(self, ratios: dict[str, float]) -> dict[str, list[int]]:
         """Keep the first units of each group: the widths of `ratios` without any criterion."""
+        from prunekit.methods.base import LayerGroup  # base imports this module
+
         plan: dict[str, list[int]] = {}
         for members, group in self._groups.items():
             ratio = ratios.get(members[0], 0.0)
             if ratio > 0:
                 units = group.units
-                plan.update(group.kept_channels(range(units - pruned_count(ratio, units, members[0]))))
+                kept = range(units - pruned_count(ratio, units, members[0]))
+                # through the methods' own rule, so a branch that would lose every unit keeps one here too
+                plan.update(LayerGroup(members, units, group.unit_of).kept_channels(kept))
         return plan
 
-    def analytic(self, ratios: dict[str, float]) -> int:
+    def lost(self, ratios: dict[str, float]) -> tuple[dict[str, int], dict[str, int]]:
+        """Output and input channels each conv/linear layer loses at `ratios` (only those that lose any)."""
         out_lost: dict[str, int] = {}
         in_lost: dict[str, int] = {}
         for group in self.groups:
@@ -184,6 +192,10 @@ class MacCounter:
                     out_lost[name] = out_lost.get(name, 0) + lost[k]
                 if side != "out":
                     in_lost[name] = in_lost.get(name, 0) + lost[k]
+        return out_lost, in_lost
+
+    def analytic(self, ratios: dict[str, float]) -> int:
+        out_lost, in_lost = self.lost(ratios)
         total = 0.0
         for name, positions, per_output, out_full, in_full, grouped in self._calls:
             out_kept = out_full - out_lost.get(name, 0)
@@ -290,11 +302,14 @@ def meet_budget(
     budget: Budget,
     base: dict[str, float],
     round_to: int | None = None,
+    fastest: bool = False,
 ) -> BudgetResult:
     """Scale `base` ratios to meet `budget`, searching on the analytic count and confirming on the really
     pruned model; should the two ever disagree, the search is redone on real surgery. With `round_to` the
     search runs over aligned widths only (`align_ratios`) and accepts KNOB_TOLERANCE: aligned steps are
-    coarse."""
+    coarse. `fastest` (``round_to=auto``): among the aligned widths near that answer that also meet the
+    budget, the ones the latency table predicts fastest at the budget's batch size and threads
+    (`latency_budget.fastest_aligned`)."""
     counter = MacCounter(model, example)
     widths = [(g, counter.widths[g]) for g in counter.groups]
 
@@ -325,6 +340,12 @@ def meet_budget(
         result = refined
     real = counter.real(result.ratios)
     if real == result.pruned_macs:
+        if fastest and round_to is not None:
+            from prunekit.methods.latency_budget import fastest_aligned
+
+            faster = fastest_aligned(model, example, counter, budget, result, round_to, tolerance)
+            if counter.real(faster.ratios) == faster.pruned_macs:
+                return faster
         return result
     cache: dict[tuple[tuple[str, ...], ...], int] = {}
 
@@ -371,6 +392,10 @@ def meet(method: Method, model: nn.Module, calib: Calib | None, stage: Stage | N
     example = example_input(calib, method.name)
     if method.knob == "ratio_scale":
         pruned = method.prune(model, calib, stage)
+    elif kind == "latency":
+        from prunekit.methods.latency_budget import measured_knob_search
+
+        pruned = measured_knob_search(method, model, calib, budget, stage, round_to=round_to)
     else:
         pruned = search_knob(method, model, calib, budget, stage, round_to=round_to)
     found = pruned.budget

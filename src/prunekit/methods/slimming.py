@@ -166,7 +166,8 @@ class NetworkSlimming(Method):
         for i, group in enumerate(groups):
             keep = torch.ones(group.out_channels, dtype=torch.bool)
             keep[channel[chosen][owner[chosen] == i]] = False
-            plan.update(group.kept_channels(keep.nonzero().flatten().tolist()))  # per member, by unit
+            # per member, by unit; a member that would lose every unit keeps its largest-γ one
+            plan.update(group.kept_channels(keep.nonzero().flatten().tolist(), gammas[i]))
         return plan, skipped
 
     def _participating(self, groups: list[LayerGroup]) -> list[LayerGroup]:

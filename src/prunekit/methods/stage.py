@@ -18,6 +18,7 @@ from torch import nn
 
 from prunekit.train import TrainConfig, fit
 from prunekit.train.loop import FitResult, Loader
+from prunekit.train.trainer_state import has_checkpoint
 
 
 @dataclass
@@ -32,6 +33,9 @@ class Stage:
     device: torch.device | str | None = None
     progress: bool | None = False
     teacher: nn.Module | None = None  # distils into every fine-tune of the run (`prunekit prune --teacher`)
+    #: A resumed run: each `fit` whose folder holds a checkpoint continues from it (weights, optimiser, RNG,
+    #: step and the hooks' state), so an interrupted stage goes on where it stopped instead of again.
+    resume: bool = False
 
     def fit(
         self,
@@ -59,6 +63,7 @@ class Stage:
             hooks=hooks,
             teacher=self.teacher,
             run_dir=run_dir,
+            resume=self.resume and run_dir is not None and has_checkpoint(run_dir),
             progress=self.progress,
             device=self.device,
             on_epoch_end=on_epoch_end,

@@ -86,15 +86,21 @@ class TorchPruningMethod(Method):
         ]
         # A batch of two, as prunekit's own tracing (torch's CPU conv records a squeeze at batch one).
         traced = example.expand(2, *example.shape[1:]) if example.shape[0] == 1 else example
-        pruner = tp.pruner.MetaPruner(
-            trial,
-            traced,
-            importance=type(self).importance(),
-            pruning_ratio=self.options.ratio,
-            global_pruning=self.options.global_pruning,
-            ignored_layers=ignored,
-            customized_pruners=dict(CUSTOMIZED_PRUNERS),
-        )
+        try:
+            # building its graph can fail too (torch-pruning 1.6 sums a CSPNet concat's widths with a None)
+            pruner = tp.pruner.MetaPruner(
+                trial,
+                traced,
+                importance=type(self).importance(),
+                pruning_ratio=self.options.ratio,
+                global_pruning=self.options.global_pruning,
+                ignored_layers=ignored,
+                customized_pruners=dict(CUSTOMIZED_PRUNERS),
+            )
+        except RuntimeError:
+            raise  # the model itself failed on the example input: its own error says why
+        except Exception as exc:  # Torch-Pruning's own failure: say whose it is
+            raise PrunekitError(f"Torch-Pruning's {self.name} pruner failed on this model: {exc}") from exc
         if self.needs_gradients:
             _pseudo_label_backward(trial, calib)
         try:

@@ -19,8 +19,14 @@ channels to the group's units (`ChannelGroup.unit_of`). Nothing here calls torch
 torch-pruning is also taught two things it does not know: `ZeroPadShortcut` maps input to output
 channels through index buffers (so option-A ResNet stages stay independent), and an operation that
 changes or reorders the channels in a way no index map describes (a functional `F.pad` shortcut, a
-channel shuffle, a slice of fixed channels, a mean over channels) makes every unit it touches
-unprunable instead of silently mis-pruned.
+channel shuffle, a slice of fixed channels, a mean over channels, a functional conv the surgery cannot
+cut) makes every unit it touches unprunable instead of silently mis-pruned. So do sizes written in the
+model's code (`view(-1, 2048)`, `split(x, [16, 24, 24])`), found during the trace by recording how each
+view/split was asked for (`_CallRecorder`), and norms whose statistics mix channels (LayerNorm; a
+GroupNorm module instead loses whole groups). Equal split sizes read from one module attribute (Res2Net's
+`self.width`, CSPNet's `self.expand_chs // 2`) are set by the surgery, as are a functional depthwise conv's
+weight buffer and groups attribute (timm's BlurPool2d); a Linear on a channels-last tensor prunes between
+Linear layers (ConvNeXt's MLP hidden features).
 
 A traced graph is cached per model object (weakly) under a signature of the model's layer shapes and the
 example's per-sample shape, so one prune call (layer listing, budget search, surgery, validation) traces
@@ -29,14 +35,22 @@ once; any change of shapes (a pruned model) is traced afresh.
 
 from __future__ import annotations
 
+import linecache
+import os
+import re
+import sys
+import warnings
 import weakref
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from types import FrameType
 
 import torch
 import torch_pruning as tp
 from torch import nn
+from torch.overrides import TorchFunctionMode
 from torch_pruning import ops
 from torch_pruning.dependency import index_mapping as tp_index_mapping
 from torch_pruning.dependency.index_mapping import _FlattenIndexMapping as FlattenIndexMapping
@@ -128,6 +142,13 @@ class ChannelChangingOp:
     in_channels: int
     out_channels: int
     note: str = ""
+    why: str = ""
+    """Why pruning through it is wrong, when not because no index map describes it (a norm's statistics)."""
+    cause: bool = False
+    """True for the root cause (a norm, a size written in the code): it names a unit's refusal rather than a
+    mere reindexing on the same path (the permutes around a channels-last LayerNorm)."""
+    code: str = ""
+    """The line of the model's code that asked for it (when a size written there is the cause)."""
 
     def describe(self) -> str:
         if self.note:
@@ -161,8 +182,16 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
     example shape; `graph_of` caches what is read from it)."""
     try:
         with evaluating(model), torch.enable_grad(), _flatten_maps_from_autograd():
+            # Our own forward call: without it torch-pruning tries `model(*example_inputs)` — for a tensor
+            # `model(x[0], x[1], ...)`, at batch one an unbatched (C, H, W) forward that wastes time and whose
+            # graph is kept whenever the model happens to run unbatched to its end — and after any failure
+            # `model(example_inputs)`, whose TypeError would hide the model's own error.
             return tp.DependencyGraph().build_dependency(
-                model, example_inputs=example_input, customized_pruners=CUSTOMIZED_PRUNERS, verbose=False
+                model,
+                example_inputs=example_input,
+                forward_fn=_forward,
+                customized_pruners=CUSTOMIZED_PRUNERS,
+                verbose=False,
             )
     except PrunekitError:
         raise
@@ -175,18 +204,41 @@ def trace(model: nn.Module, example_input: torch.Tensor) -> tp.DependencyGraph:
         ) from exc
 
 
+def _forward(model: nn.Module, example_input: torch.Tensor) -> object:
+    return model(example_input)
+
+
 @contextmanager
 def _flatten_maps_from_autograd() -> Iterator[None]:
     # torch-pruning infers a reshape's index map by searching the graph for channel counts, which divides
     # by zero or guesses wrong on split/shuffle networks. A flatten (N, C, H, W) -> (N, C·H·W) and its
     # inverse are read here from the shapes autograd recorded; every other reshape is left unmapped and
     # `_channel_changing_nodes` makes what it touches unprunable.
-    saved = tp_index_mapping.update_reshape_index_mapping
+    # Also records how the model's code asked for each view, split, slice and norm (`_CallRecorder`).
+    # torch-pruning's concat mapping is guarded (`_guarded_concat_mapping`): prunekit reads concatenations
+    # from autograd itself (`_concat_edges`), so a concat torch-pruning cannot size needs no map of its own.
+    saved = tp_index_mapping.update_reshape_index_mapping, tp_index_mapping.update_concat_index_mapping
     tp_index_mapping.update_reshape_index_mapping = _flatten_mapping
+    tp_index_mapping.update_concat_index_mapping = _guarded_concat_mapping
     try:
-        yield
+        with _CallRecorder():
+            yield
     finally:
-        tp_index_mapping.update_reshape_index_mapping = saved
+        tp_index_mapping.update_reshape_index_mapping, tp_index_mapping.update_concat_index_mapping = saved
+
+
+_TP_CONCAT_MAPPING = tp_index_mapping.update_concat_index_mapping
+
+
+def _guarded_concat_mapping(graph: tp.DependencyGraph, node: object) -> None:
+    # torch-pruning 1.6 sums a concatenation's inferred input widths before checking them for None, so a
+    # concat of an input it cannot size (CSPNet's `cat([block(x1) + x1, x2])`: an add of a conv output and
+    # a split part) raises TypeError inside `build_dependency` and the whole model would be refused. Such a
+    # concat is left without torch-pruning's index map; `_read` maps every channel concat from autograd.
+    try:
+        _TP_CONCAT_MAPPING(graph, node)
+    except TypeError:
+        node.module.concat_sizes = None
 
 
 def _flatten_mapping(graph: tp.DependencyGraph, node: object) -> None:
@@ -215,6 +267,235 @@ def _flatten_mapping(graph: tp.DependencyGraph, node: object) -> None:
                 dep.index_mapping[0] = FlattenIndexMapping(stride=stride, reverse=False)
 
 
+# ------------------------------------------------------------------ how the code asked for a shape
+# Autograd records what a view or split produced, not how the code asked for it: `view(-1, 2048)` and
+# `view(x.size(0), -1)` both turn (N, 2048, 1, 1) into (N, 2048), but only the second follows a pruned
+# width. During the trace a TorchFunctionMode therefore records each view/split/slice/norm call's
+# arguments and line on its autograd node (`grad_fn.metadata`), and the channel dimension read from any
+# tensor (`x.size(1)`, `x.shape[1]`, `b, c, h, w = x.size()`) is handed to the code as a `_Width`: an int
+# that stays a `_Width` through integer arithmetic, so a size computed from a width is told from a number
+# written in the code (which pruning leaves behind).
+
+_CALL = "prunekit_call"
+
+
+class _Width(int):
+    """An int read from a tensor's channel dimension during the trace (see above)."""
+
+
+def _keep_width(op: str) -> None:
+    base = getattr(int, op)
+
+    def method(self: int, other: object) -> object:
+        result = base(int(self), other)
+        return _Width(result) if type(result) is int else result
+
+    setattr(_Width, op, method)
+
+
+for _op in ("__add__", "__radd__", "__sub__", "__rsub__", "__mul__", "__rmul__", "__floordiv__",
+            "__rfloordiv__", "__mod__", "__rmod__"):  # fmt: skip
+    _keep_width(_op)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One call of the model's code that shapes channels: its kind, the sizes it passed, and its line."""
+
+    kind: str  # "view", "split", "chunk", "slice", "layer_norm", "group_norm", "conv", "linear"
+    sizes: tuple
+    where: str
+    attribute: tuple[nn.Module, str, int] | None = None
+    """For a split whose sizes are written in the code: the one attribute of the calling module that the
+    line reads them from (`self.width`), which the surgery can set to the pruned sizes, and the number the
+    line divides it by (1, or k for `self.expand_chs // k`)."""
+    source: object = None
+    """For a linear layer applied to a tensor of more than two dimensions: the autograd node of its input,
+    where the reshapes autograd records inside the layer begin (`_channels_last_linears`)."""
+    buffer: tuple[nn.Module, str] | None = None
+    """For a functional depthwise conv whose weight is a per-channel buffer of the calling module (timm's
+    BlurPool2d): that module and the buffer's name, which the surgery cuts (`_conv_call`)."""
+
+    def follows(self, entry: object) -> bool:
+        return isinstance(entry, _Width) or entry == -1
+
+
+def _call_of(grad_fn: object) -> _Call | None:
+    metadata = getattr(grad_fn, "metadata", None)
+    return metadata.get(_CALL) if isinstance(metadata, dict) else None
+
+
+def _user_frame() -> FrameType | None:
+    """The innermost frame of the model's own code (outside torch and the tracer)."""
+    frame = sys._getframe(2)
+    while frame is not None and any(part in frame.f_code.co_filename for part in _LIBRARY_PATHS):
+        frame = frame.f_back
+    return frame
+
+
+def _code_line(frame: FrameType | None = None) -> str:
+    """`file:line `code`` of the model's code that made the current call."""
+    frame = frame or _user_frame()
+    if frame is None:
+        return "an unknown line"
+    name = frame.f_code.co_filename
+    return f"{name}:{frame.f_lineno} `{linecache.getline(name, frame.f_lineno).strip()}`"
+
+
+def _size_attribute(frame: FrameType | None, sizes: tuple) -> tuple[nn.Module, str, int] | None:
+    """The attribute of the calling module (`self`) that holds a split's written sizes, when the line names
+    exactly one attribute with that value (`torch.split(x, self.width, 1)`, `x.split(self.sizes, 1)`), or
+    one int attribute that the line divides by a written number into that size (CSPNet's
+    `x.split(self.expand_chs // 2, dim=1)`); with that divisor (1 when the line does not divide)."""
+    owner = frame.f_locals.get("self") if frame is not None else None
+    if not isinstance(owner, nn.Module):
+        return None
+    line = linecache.getline(frame.f_code.co_filename, frame.f_lineno)
+    wanted = list(sizes) if len(sizes) > 1 else sizes[0]
+    divided = []
+    for key, value in vars(owner).items():
+        if len(sizes) > 1 or key.startswith("_") or type(value) is not int:
+            continue
+        # a written number, or an int attribute of the same module (SK's `self.in_channels // self.num_paths`)
+        match = re.search(rf"\bself\.{re.escape(key)}\s*//\s*(\d+\b|self\.\w+)", line)
+        by = match.group(1) if match else "0"
+        divisor = int(by) if by.isdigit() else getattr(owner, by[len("self.") :], 0)
+        divisor = divisor if type(divisor) is int else 0
+        # exact: the pruned attribute is the pruned size times the divisor, which the line divides back
+        if divisor > 1 and value % divisor == 0 and value // divisor == wanted:
+            divided.append((key, divisor))
+    found = divided + [
+        (key, 1)
+        for key, value in vars(owner).items()
+        if not key.startswith("_")
+        and re.search(rf"\bself\.{re.escape(key)}\b", line)
+        and (
+            (type(value) is int and value == wanted)
+            or (
+                isinstance(value, (list, tuple))
+                and all(type(v) is int for v in value)
+                and list(value) == wanted
+            )
+        )
+    ]
+    return (owner, *found[0]) if len(found) == 1 else None
+
+
+_LIBRARY_PATHS = (f"{os.sep}torch{os.sep}", "torch_pruning", f"prunekit{os.sep}surgery{os.sep}", "contextlib")
+_VIEWS = {torch.Tensor.view, torch.Tensor.reshape, torch.reshape}
+_SPLITS = {torch.split, torch.Tensor.split, torch.Tensor.split_with_sizes}
+_CHUNKS = {torch.chunk, torch.Tensor.chunk}
+_NORMS = {nn.functional.layer_norm: "layer_norm", nn.functional.group_norm: "group_norm"}
+_CONVS = {
+    nn.functional.conv1d, nn.functional.conv2d, nn.functional.conv3d,
+    nn.functional.conv_transpose1d, nn.functional.conv_transpose2d, nn.functional.conv_transpose3d,
+}  # fmt: skip
+
+
+class _CallRecorder(TorchFunctionMode):
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if func is torch.Tensor.size or getattr(func, "__self__", None) is _SHAPE:
+            return _tag_width(out, args, kwargs)
+        if func in _VIEWS:
+            shape = args[1:] if func is not torch.reshape else args[1:2]
+            shape = kwargs.get("shape", shape)
+            if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+                shape = shape[0]
+            if all(isinstance(s, int) for s in shape):
+                _tag(out, _Call("view", tuple(shape), _code_line()))
+        elif func in _SPLITS or func in _CHUNKS:
+            named = (v for k, v in kwargs.items() if k in _SIZE_KEYWORDS)
+            sizes = args[1] if len(args) > 1 else next(named, ())
+            sizes = tuple(sizes) if isinstance(sizes, (tuple, list)) else (sizes,)
+            if not sizes or not all(isinstance(v, int) for v in sizes):
+                return out  # an unusual call: autograd's record alone decides (`_fixed_split`)
+            frame = _user_frame()
+            written = func in _SPLITS and not all(isinstance(v, _Width) for v in sizes)
+            attribute = _size_attribute(frame, sizes) if written else None
+            kind = "chunk" if func in _CHUNKS else "split"
+            _tag(out[0] if out else None, _Call(kind, sizes, _code_line(frame), attribute))
+        elif func is torch.Tensor.__getitem__:
+            _tag(out, _Call("slice", (), _code_line()))
+        elif func in _NORMS:
+            _tag(out, _Call(_NORMS[func], (), _code_line()))
+        elif func in _CONVS and not sys._getframe(1).f_code.co_filename.endswith(_CONV_MODULE_FILE):
+            # read only for a functional conv (`_functional_conv`); a Conv2d module's call (from
+            # torch.nn.modules.conv) is named by its module, so it is not looked at (a frame walk per conv)
+            _tag(out, _conv_call(func, args, kwargs))
+        elif func is nn.functional.linear:
+            x = args[0] if args else kwargs.get("input")
+            if isinstance(x, torch.Tensor) and x.dim() > 2:
+                _tag(out, _Call("linear", tuple(x.shape), "", source=x.grad_fn))
+        return out
+
+
+_SHAPE = torch.Tensor.shape
+_DEPTHWISE_CUTTABLE = {nn.functional.conv1d, nn.functional.conv2d, nn.functional.conv3d}
+_CONV_MODULE_FILE = os.path.join("torch", "nn", "modules", "conv.py")
+
+
+def _conv_call(func: object, args: tuple, kwargs: dict) -> _Call:
+    """A conv call's line; for a depthwise conv (one filter per channel, no bias) whose weight is a buffer of
+    the calling module and whose groups follow the width (read from the tensor, or from one attribute the line
+    names, `groups=self.channels`), also that buffer and attribute, so the surgery can cut the buffer's
+    filters and set the attribute with the channels (timm's BlurPool2d)."""
+    frame = _user_frame()
+    plain = _Call("conv", (), _code_line(frame))
+    x = args[0] if args else kwargs.get("input")
+    weight = args[1] if len(args) > 1 else kwargs.get("weight")
+    bias = args[2] if len(args) > 2 else kwargs.get("bias")
+    groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
+    owner = frame.f_locals.get("self") if frame is not None else None
+    if (
+        func not in _DEPTHWISE_CUTTABLE
+        or not isinstance(owner, nn.Module)
+        or not isinstance(x, torch.Tensor)
+        or not isinstance(weight, torch.Tensor)
+        or bias is not None
+        or not isinstance(groups, int)
+        or x.dim() < 3
+        or weight.dim() != x.dim()
+        or weight.shape[1] != 1
+        or not groups == weight.shape[0] == x.shape[1]
+    ):
+        return plain
+    buffer = next((key for key, b in owner._buffers.items() if b is weight), None)
+    attribute = None
+    if not isinstance(groups, _Width):
+        # the attribute the line names, else the module's one int attribute of that value (timm's BlurPool2d
+        # reads `channels = self.channels` a line earlier)
+        attribute = _size_attribute(frame, (int(groups),))
+        same = [k for k, v in vars(owner).items() if not k.startswith("_") and type(v) is int and v == groups]
+        if attribute is None and len(same) == 1:
+            attribute = (owner, same[0], 1)
+        if attribute is None or attribute[2] != 1:
+            return plain  # groups neither follow the width nor come from one attribute the surgery can set
+    if buffer is None:
+        return plain
+    return _Call("conv", (int(groups),), plain.where, attribute, buffer=(owner, buffer))
+
+
+_SIZE_KEYWORDS = ("split_size_or_sections", "split_size", "split_sizes", "chunks")
+
+
+def _tag(out: object, call: _Call) -> None:
+    grad_fn = getattr(out, "grad_fn", None)
+    if grad_fn is not None and _CALL not in grad_fn.metadata:
+        grad_fn.metadata[_CALL] = call
+
+
+def _tag_width(out: object, args: tuple, kwargs: dict) -> object:
+    if isinstance(out, torch.Size):
+        return torch.Size([_Width(v) if i == 1 else v for i, v in enumerate(out)]) if len(out) > 1 else out
+    dim = args[1] if len(args) > 1 else kwargs.get("dim")
+    ndim = args[0].dim()
+    if isinstance(dim, int) and ndim > 1 and dim % ndim == 1:
+        return _Width(out)
+    return out
+
+
 _CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple, ChannelGraph]] = weakref.WeakKeyDictionary()
 
 
@@ -225,8 +506,10 @@ def _signature(model: nn.Module, example_input: torch.Tensor) -> tuple:
             id(m),  # a replaced submodule of the same shape is a different model
             type(m).__name__,
             getattr(m, "groups", None),
-            tuple(tuple(p.shape) for p in m.parameters(recurse=False)),
-            tuple(tuple(b.shape) for b in m.buffers(recurse=False)),
+            # the registries read directly: `parameters(recurse=False)` walks generators per module, which
+            # doubles the time of a key computed at every cache lookup
+            tuple(None if p is None else tuple(p.shape) for p in m._parameters.values()),
+            tuple(None if b is None else tuple(b.shape) for b in m._buffers.values()),
         )
         for name, m in model.named_modules()
     )
@@ -256,12 +539,6 @@ class ChannelGraph:
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor) -> None:
-        batch = example_input.shape[0] if example_input.dim() > 1 else None
-        if batch == 1:
-            # With a batch of one, torch 2.13's CPU convolution records squeeze/unsqueeze around the conv in
-            # autograd, and torch-pruning then sees the real convolution as an element-wise op that changes
-            # the channel count. Tracing with two (identical) examples keeps the conv's own grad_fn.
-            example_input = example_input.expand(2, *example_input.shape[1:])
         self.modules: dict[str, nn.Module] = {
             name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE_TYPES)
         }
@@ -269,11 +546,15 @@ class ChannelGraph:
         # every module that owns a slot, by name (held weakly: a graph must not keep a model alive)
         self._owners: dict[str, weakref.ref[nn.Module]] = {}
         order: list[str] = []
+        # per prunable layer, the size (H·W) of each of its output channels on the example
+        self.map_size: dict[str, int] = {}
 
-        def record(module: nn.Module, _inputs: object, _output: object) -> None:
+        def record(module: nn.Module, _inputs: object, output: object) -> None:
             name = names[module]
-            if name not in order:
+            if name not in self.map_size:
                 order.append(name)
+                is_map = isinstance(output, torch.Tensor) and output.dim() > 2
+                self.map_size[name] = output[0, 0].numel() if is_map else 1
 
         shapes: list[tuple[int, ...]] = []
 
@@ -290,8 +571,6 @@ class ChannelGraph:
                 h.remove()
         self.order: list[str] = order
         self.output_shape: tuple[int, ...] | None = shapes[0] if shapes else None
-        if self.output_shape is not None and batch is not None:
-            self.output_shape = (batch, *self.output_shape[1:])
         self._traced = {names[m] for m in dg.module2node if isinstance(m, nn.Module) and m in names}
         self.whole_group_convs: set[str] = set()
         self.param_dims: dict[str, int] = {}
@@ -332,6 +611,12 @@ class ChannelGraph:
         ties: list[tuple[int, list[int]]] = []  # (space, part offsets) of chunks whose parts lose alike
         # (node, node) relations read here rather than from torch-pruning's dependencies
         handled: set[tuple[object, object]] = set()
+        # splits whose written sizes come from one module attribute: (node, call, part cuts, space)
+        size_slots: list[tuple[object, _Call, list[int], int]] = []
+        self.size_slots: dict[str, tuple[bool, list[int], int]] = {}
+        """Slot name ("module.attribute") → (one int size, not a list?, the equal parts' cuts, the number the
+        code divides the attribute by) of each split whose sizes the surgery sets (`surgery.channels.cut`,
+        side "size")."""
         for node in nodes:
             if node.type == ops.OPTYPE.CONCAT:
                 found = _concat_edges(node, by_fn)
@@ -350,6 +635,9 @@ class ChannelGraph:
                     )
                     here = space(node, None)
                     edges += [(here, off, space(dst, _in_fn(dg, dst)), 0, w) for dst, off, w in consumers]
+                    call = _call_of(node.grad_fn) if node not in changing else None
+                    if call is not None and call.attribute is not None:
+                        size_slots.append((node, call, cuts, here))
                     if node not in changing:
                         ties.append((here, cuts))
 
@@ -365,6 +653,13 @@ class ChannelGraph:
             edges += [(src, k * per + p, dst, p * groups + k, 1) for k in range(groups) for p in range(per)]
             # a pruned shuffle keeps its meaning only if every group loses the same positions
             ties.append((src, list(range(0, width + 1, per))))
+
+        # Selective-kernel attention (SKNet, timm's SelectiveKernel): logit p·C + c weighs channel c of path p
+        for view, softmax, paths, per in _path_attention(nodes):
+            handled.update({(view, softmax), (softmax, view)})
+            changing.pop(view, None)
+            src, dst = space(view, None), space(softmax, None)
+            edges += [(src, k * per, dst, 0, per) for k in range(paths)]
 
         # 1. spaces joined without an index change
         mapped: list[tuple[int, int, list]] = []
@@ -399,7 +694,9 @@ class ChannelGraph:
             # The graph is traced back from the model's outputs, so the nodes nothing reads are those outputs.
             if (node.type == ops.OPTYPE.OUTPUT or not node.outputs) and side != "in":
                 spaces[s].frozen = spaces[s].frozen or "output"
-            if node in changing:
+            if node in changing and not _names_the_cause(spaces[s].frozen):
+                # the root cause (a norm, a size written in the code) names the refusal, not a reindexing
+                # on the same path (the permutes around a channels-last LayerNorm)
                 spaces[s].frozen = changing[node]
             name = _slot_name(dg, node, names)
             if name is not None and isinstance(node.module, nn.Parameter):
@@ -408,9 +705,31 @@ class ChannelGraph:
                 slots.append(Slot(name, side, width, s))
                 if isinstance(node.module, nn.Module):
                     self._owners[name] = weakref.ref(node.module)
+        _check_channels_last(dg, of_key, spaces)
         for s in spaces:
             if s.width is None:
                 s.width = 0
+
+        def size_slot_name(call: _Call) -> str | None:
+            owner, attr, _ = call.attribute
+            owner_name = names.get(owner)
+            return None if owner_name is None else attr if owner_name == "" else f"{owner_name}.{attr}"
+
+        readers = Counter(size_slot_name(call) for _, call, _, _ in size_slots)
+        for node, call, cuts, here in size_slots:
+            attr, name = call.attribute[1], size_slot_name(call)
+            s = canon[find(here)]
+            if name is None or readers[name] > 1:
+                spaces[s].frozen = ChannelChangingOp(
+                    node.grad_fn.name(), cuts[-1], cuts[1],
+                    f"a split at {call.where} whose sizes come from self.{attr}, which "
+                    + ("is not a module's attribute" if name is None else "another split also reads"),
+                    why="so no single pruned value fits it", cause=True, code=call.where,
+                )  # fmt: skip
+                continue
+            self.size_slots[name] = (len(call.sizes) == 1, cuts, call.attribute[2])
+            slots.append(Slot(name, "size", cuts[-1], s))
+        self._functional_conv_slots(nodes, changing, of_key, spaces, names, slots)
 
         # 2. channel-level unions
         offsets = [0]
@@ -477,6 +796,16 @@ class ChannelGraph:
                     for q in range(a):
                         for k in range(1, g):
                             union(offsets[s_in] + q, offsets[s_in] + k * a + q)
+            elif isinstance(module, nn.GroupNorm) and module.num_groups > 1:
+                # A GroupNorm's statistics are per group: a zeroed channel changes its group's mean and
+                # variance, a zeroed whole group only outputs its shift (neutralised by the check), so it
+                # loses whole groups (num_groups == C: single channels).
+                s_io = of_key.get((node, "io"))
+                per = module.num_channels // module.num_groups
+                if s_io is not None and per > 1:
+                    for k in range(module.num_groups):
+                        for p in range(1, per):
+                            union(offsets[s_io] + k * per, offsets[s_io] + k * per + p)
 
         # atoms: one id per channel class, numbered in order of first appearance
         self._atoms: list[torch.Tensor] = []
@@ -498,6 +827,50 @@ class ChannelGraph:
         self.slots = [slot for slot in slots if slot.width <= spaces[slot.space].width]
         self._slot_of = {(slot.name, slot.side): slot for slot in self.slots}
         self._groups = self._group_layers()
+        _warn_code_sizes(self._groups)
+
+    def _functional_conv_slots(
+        self,
+        nodes: list,
+        changing: Mapping[object, ChannelChangingOp],
+        of_key: Mapping[tuple[object, str], int],
+        spaces: list[_Space],
+        names: Mapping[nn.Module, str],
+        slots: list[Slot],
+    ) -> None:
+        """Slots of each functional depthwise conv on a per-channel weight buffer (`_conv_call`): the
+        buffer's filters (side "buffer", cut along dim 0) and the attribute its groups come from (side
+        "groups", lowered by the removed count). A buffer or attribute read by two calls is refused: no one
+        cut fits both."""
+        found = []
+        for node in nodes:
+            call = _call_of(node.grad_fn) if node.type == ops.OPTYPE.ELEMENTWISE else None
+            if call is None or call.buffer is None or node in changing or (node, "io") not in of_key:
+                continue
+            owner_name = names.get(call.buffer[0])
+            found.append((node, call, owner_name))
+        readers = Counter(
+            (id(call.buffer[0]), key)
+            for _, call, _ in found
+            for key in (call.buffer[1], call.attribute[1] if call.attribute else None)
+            if key is not None
+        )
+        for node, call, owner_name in found:
+            s, width = of_key[(node, "io")], call.sizes[0]
+            keys = [call.buffer[1]] + ([call.attribute[1]] if call.attribute else [])
+            if owner_name is None or any(readers[(id(call.buffer[0]), k)] > 1 for k in keys):
+                if not _names_the_cause(spaces[s].frozen):
+                    spaces[s].frozen = ChannelChangingOp(
+                        node.grad_fn.name(), width, width,
+                        f"a functional convolution at {call.where} whose weight buffer or groups attribute "
+                        "another call also reads (or whose module is not part of the model)",
+                        why="so no single cut fits it", cause=True, code=call.where,
+                    )  # fmt: skip
+                continue
+            prefix = f"{owner_name}." if owner_name else ""
+            slots.append(Slot(prefix + call.buffer[1], "buffer", width, s))
+            if call.attribute is not None:
+                slots.append(Slot(prefix + call.attribute[1], "groups", width, s))
 
     def _group_layers(self) -> dict[str, tuple[ChannelGroup, str | ChannelChangingOp | None]]:
         layers = [n for n in self.order if n in self._traced and self._out_slot(n) is not None]
@@ -575,9 +948,9 @@ class ChannelGraph:
                 "so pruning would silently break the model; build option-A shortcuts with "
                 "prunekit.models.layers.ZeroPadShortcut instead of F.pad"
             )
+        why = reason.why or "which no channel index map describes, so pruning would silently break the model"
         return (
-            f"its channels pass through {reason.describe()}, which no channel index map describes, so "
-            "pruning would silently break the model; leave it out (ratio 0 with ratios=, e.g. "
+            f"its channels pass through {reason.describe()}, {why}; leave it out (ratio 0 with ratios=, e.g. "
             f"ratios='{name}:0', for it and the layers coupled to it)"
         )
 
@@ -640,6 +1013,81 @@ class ChannelGraph:
         return self._slot_of.get((name, side))
 
 
+def _check_channels_last(
+    dg: tp.DependencyGraph, of_key: Mapping[tuple[object, str], int], spaces: list[_Space]
+) -> None:
+    """A Linear applied to a tensor of more than two dimensions reads its last dimension: those are channels
+    only between such layers (a channels-last MLP's hidden features, fc1 → GELU → fc2), where the surgery
+    cuts the Linears as usual and the check zeroes the last dimension. Every other member of such a space
+    reads the channels from dimension 1 (a conv, a reshape, a concatenation, a reduction of the last
+    dimension) and freezes it, unless a norm or a permute already did."""
+    linears = _channels_last_linears(dg)
+    if not linears:
+        return
+    inside = set().union(*linears.values())
+    width: dict[int, tuple[object, int]] = {}
+    for node in linears:
+        for side in ("in", "out"):
+            if (node, side) in of_key:
+                width[of_key[(node, side)]] = (node, _width(dg, node, side) or 0)
+    for (node, _side), s in of_key.items():
+        if s not in width or spaces[s].frozen is not None or node in linears or node in inside:
+            continue
+        linear, features = width[s]
+        if _channels_last_elementwise(node, features):
+            continue
+        name = getattr(dg, "_module2name", {}).get(linear.module, "")
+        shape = _call_of(linear.grad_fn).sizes
+        op = node.grad_fn.name() if node.grad_fn is not None else type(node.module).__name__
+        spaces[s].frozen = ChannelChangingOp(
+            op, features, features,
+            f"the Linear {name!r} applied to the last dimension of its {len(shape)}-D input {shape}, coupled "
+            f"to {_node_label(dg, node)}, which does not hold them there",
+            why="so no single channel index describes them (a Linear on the last dimension is prunable only "
+            "between Linear layers and element-wise ops, e.g. the hidden features of a channels-last MLP)",
+        )  # fmt: skip
+
+
+def _channels_last_elementwise(node: object, features: int) -> bool:
+    """An element-wise op on a channels-last tensor (GELU between two Linears): every activation it reads
+    and its output have one shape, whose last dimension is the features."""
+    if node.type != ops.OPTYPE.ELEMENTWISE or node.grad_fn is None:
+        return False
+    out = _output_shape(node.grad_fn, 0)
+    if out is None or len(out) < 3 or out[-1] != features:
+        return False
+    for fn, nr in node.grad_fn.next_functions:
+        if fn is not None and type(fn).__name__ != "AccumulateGrad" and _output_shape(fn, nr) != out:
+            return False
+    return True
+
+
+def _node_label(dg: tp.DependencyGraph, node: object) -> str:
+    name = getattr(dg, "_module2name", {}).get(node.module)
+    if name is not None:
+        return f"the {type(node.module).__name__} {name!r}"
+    return f"the operation {node.grad_fn.name() if node.grad_fn is not None else type(node.module).__name__}"
+
+
+def _names_the_cause(reason: str | ChannelChangingOp | None) -> bool:
+    return isinstance(reason, ChannelChangingOp) and reason.cause
+
+
+def _warn_code_sizes(groups: Mapping[str, tuple[ChannelGroup, str | ChannelChangingOp | None]]) -> None:
+    """One warning per line of the model's code whose written size (a view, split or slice) keeps layers
+    from being pruned, naming the line and those layers: the rest of the model prunes as usual."""
+    held: dict[str, list[str]] = {}
+    for layer, (_, reason) in groups.items():
+        if isinstance(reason, ChannelChangingOp) and reason.code:
+            held.setdefault(reason.code, []).append(layer)
+    for code, layers in held.items():
+        warnings.warn(
+            f"the sizes written in the model's code at {code} do not follow a pruned width, so the layers "
+            f"feeding it keep their channels: {', '.join(layers)}; every other layer can be pruned",
+            stacklevel=2,
+        )
+
+
 def _out_fn(dg: tp.DependencyGraph, node: object) -> object:
     pruner = dg.get_pruner_of_module(node.module)
     return None if pruner is None else pruner.prune_out_channels
@@ -688,6 +1136,60 @@ def _shuffles(nodes: list) -> list[tuple[object, list, object, int, int]]:
             continue
         found.append((node, chain, current, groups, width))
     return found
+
+
+def _path_attention(nodes: list) -> list[tuple[object, object, int, int]]:
+    """Selective-kernel attention: (view, softmax, paths P, channels C) for each chain
+    ``logits.view(B, P, C // P, 1, 1)`` (C read from the tensor) → ``softmax(dim=1)`` → multiplied into
+    ``torch.stack(paths, dim=1)`` → ``sum(dim=1)``, where logit p·C + c weighs channel c of every path.
+    Anything else around such a view stays a regrouping (`_channel_changing_nodes`)."""
+    found = []
+    for node in nodes:
+        grad_fn = node.grad_fn
+        if node.type != ops.OPTYPE.RESHAPE or grad_fn is None or len(node.outputs) != 1:
+            continue
+        out = _output_shape(grad_fn, 0)
+        ins = [f for f in grad_fn.next_functions if f[0] is not None]
+        before = _output_shape(*ins[0]) if len(ins) == 1 else None
+        call = _call_of(grad_fn)
+        if (
+            out is None
+            or before is None
+            or len(before) != 4
+            or len(out) != 5
+            or out[1] * out[2] != before[1]
+            or tuple(out[3:]) != tuple(before[2:])
+            or call is None
+            or call.kind != "view"
+            or len(call.sizes) != 5
+            or not call.follows(call.sizes[2])
+        ):
+            continue
+        softmax = node.outputs[0]
+        if (
+            _op(softmax) != "SoftmaxBackward0"
+            or softmax.grad_fn._saved_dim % 5 != 1
+            or len(softmax.outputs) != 1
+        ):
+            continue
+        mul = softmax.outputs[0]
+        others = [n for n in mul.inputs if n is not softmax]
+        if (
+            _op(mul) != "MulBackward0"
+            or len(others) != 1
+            or _op(others[0]) != "StackBackward0"
+            or others[0].grad_fn._saved_dim % 5 != 1
+            or len(mul.outputs) != 1
+            or _op(mul.outputs[0]) != "SumBackward1"
+            or list(mul.outputs[0].grad_fn._saved_dim) != [1]
+        ):
+            continue
+        found.append((node, softmax, int(out[1]), int(out[2])))
+    return found
+
+
+def _op(node: object) -> str:
+    return node.grad_fn.name() if node.grad_fn is not None else ""
 
 
 def _concat_edges(node: object, by_fn: dict) -> list[tuple[object, int, int]] | None:
@@ -776,38 +1278,51 @@ def _width(dg: tp.DependencyGraph, node: object, side: str) -> int | None:
 
 
 def _channel_changing_nodes(dg: tp.DependencyGraph) -> dict[object, ChannelChangingOp]:
-    """Nodes whose channels no index map describes (read from autograd metadata): element-wise ops whose
-    output channel count differs from an input's, reshapes other than a flatten, slices of the channels,
-    and splits into unequal parts."""
+    """Nodes whose channels no index map describes (read from autograd metadata and the calls recorded
+    during the trace): element-wise ops whose output channel count differs from an input's, reshapes other
+    than a flatten, a flatten or split whose size is written in the code, slices of the channels, splits
+    into unequal parts, and norms whose statistics mix channels (LayerNorm, one-group or functional
+    GroupNorm)."""
     found = {}
+    module_names = getattr(dg, "_module2name", {})
+    # the reshapes autograd records inside a Linear on a channels-last tensor fold the leading dimensions
+    # and keep the last one (its features): not a regrouping of channels (`_read` checks such spaces)
+    inside = set().union(*_channels_last_linears(dg).values())
+    layer_fns = {n.grad_fn for n in dg.module2node.values() if isinstance(n.module, PRUNABLE_TYPES)}
     for node in dg.module2node.values():
         grad_fn = node.grad_fn
-        if grad_fn is None or node.type not in (
-            ops.OPTYPE.ELEMENTWISE,
-            ops.OPTYPE.RESHAPE,
-            ops.OPTYPE.SLICE,
-            ops.OPTYPE.SPLIT,
-        ):
+        if grad_fn is None or node in inside:
             continue
         name = grad_fn.name()
+        if name.startswith("Convolution") and node.type == ops.OPTYPE.ELEMENTWISE:
+            call = _call_of(grad_fn)
+            if call is None or call.buffer is None:  # not a depthwise conv on a buffer the surgery cuts
+                found[node] = _functional_conv(grad_fn)
+            continue
+        norm = _mixing_norm(node, grad_fn, module_names)
+        if norm is not None:
+            found[node] = norm
+            continue
+        if node.type not in (ops.OPTYPE.ELEMENTWISE, ops.OPTYPE.RESHAPE, ops.OPTYPE.SLICE, ops.OPTYPE.SPLIT):
+            continue
         out_shape = _output_shape(grad_fn, 0)
         if node.type == ops.OPTYPE.SPLIT:
             cuts = _split_cuts(grad_fn)
-            parts = [b - a for a, b in zip(cuts, cuts[1:], strict=False)] if cuts else []
-            # Only a halving is read as a chunk (its cut moves with the width); any other split is taken
-            # as fixed sizes written in the code (Res2Net's `torch.split(x, width)`), which pruning breaks.
-            if cuts and not (len(parts) == 2 and parts[0] == parts[1]):
-                found[node] = ChannelChangingOp(
-                    name, cuts[-1], parts[0], f"a split of the channels into the fixed parts {parts}"
-                )
+            if cuts:
+                fixed = _fixed_split(grad_fn, cuts)
+                if fixed is not None:
+                    found[node] = fixed
             continue
         if node.type == ops.OPTYPE.SLICE:
             dim = getattr(grad_fn, "_saved_dim", None)
             sizes = getattr(grad_fn, "_saved_self_sym_sizes", None)
             if dim == 1 and sizes is not None and out_shape is not None and out_shape[1] != sizes[1]:
+                call = _call_of(grad_fn)
+                at = f" at {call.where}" if call is not None else ""
                 found[node] = ChannelChangingOp(
                     name, int(sizes[1]), int(out_shape[1]),
-                    f"a slice of fixed channels x[:, a:b] ({sizes[1]} -> {out_shape[1]} channels)",
+                    f"a slice of fixed channels x[:, a:b] ({sizes[1]} -> {out_shape[1]} channels){at}",
+                    cause=True, code=call.where if call is not None else "",
                 )  # fmt: skip
             continue
         if out_shape is None or len(out_shape) < 2:
@@ -822,19 +1337,232 @@ def _channel_changing_nodes(dg: tp.DependencyGraph) -> dict[object, ChannelChang
             if node.type == ops.OPTYPE.RESHAPE:
                 flatten = len(out_shape) == 2 and out_shape[1] == _prod(in_shape[1:])
                 unflatten = len(in_shape) == 2 and in_shape[1] == _prod(out_shape[1:])
-                if flatten or unflatten or (len(in_shape) == len(out_shape) and in_shape[1] == out_shape[1]):
+                if flatten or unflatten:
+                    fixed = _fixed_view(grad_fn, in_shape, out_shape)
+                    if fixed is not None:
+                        found[node] = fixed
+                    break
+                if len(in_shape) == len(out_shape) and in_shape[1] == out_shape[1]:
                     continue
+                parameter = _reshaped_parameter(grad_fn, module_names, layer_fns)
+                if parameter is not None:
+                    found[node] = ChannelChangingOp(
+                        name, int(in_shape[1]), int(out_shape[1]),
+                        f"a reshape of the parameter {parameter!r} in the forward ({tuple(in_shape)} -> "
+                        f"{tuple(out_shape)}: weight standardisation, as in timm's StdConv2d)",
+                        why="whose statistics span each filter's input channels, so removing a channel "
+                        "changes every filter (pruning would not equal masking)",
+                        cause=True,
+                    )  # fmt: skip
+                    break
                 found[node] = ChannelChangingOp(
                     name, int(in_shape[1]), int(out_shape[1]),
                     f"a view/reshape {tuple(in_shape)} -> {tuple(out_shape)} that regroups the channels "
                     "(e.g. a channel shuffle)",
                 )  # fmt: skip
                 break
+            if _moves_channel_dim(grad_fn, len(in_shape)):
+                # even when another dimension happens to have the same size as the channels
+                found[node] = ChannelChangingOp(
+                    name, int(in_shape[1]), int(out_shape[1]),
+                    f"a {'permute' if name == 'PermuteBackward0' else 'transpose'} {tuple(in_shape)} -> "
+                    f"{tuple(out_shape)} that moves the channel dimension",
+                )  # fmt: skip
+                break
             if len(in_shape) != len(out_shape) or in_shape[1] in (1, out_shape[1]):
                 continue
-            found[node] = ChannelChangingOp(name, int(in_shape[1]), int(out_shape[1]))
+            note = ""
+            if name == "PermuteBackward0":  # the channels move to another dimension (channels-last code)
+                note = f"a permute {tuple(in_shape)} -> {tuple(out_shape)} that moves the channel dimension"
+            found[node] = ChannelChangingOp(name, int(in_shape[1]), int(out_shape[1]), note)
             break
     return found
+
+
+def _reshaped_parameter(
+    grad_fn: object, module_names: Mapping[nn.Module, str], layer_fns: set[object]
+) -> str | None:
+    """The parameter (`module.attr`) a reshape's result is computed from with no activation involved (weight
+    standardisation: timm's StdConv2d/ScaledStdConv2d normalise each filter in the forward and reshape it
+    back to the weight's shape); None for a reshape of activations (its history reaches a conv or linear
+    layer's output, `layer_fns`)."""
+    out_shape = _output_shape(grad_fn, 0)
+    stack, seen, leaves = [fn for fn, _ in grad_fn.next_functions if fn is not None], set(), []
+    while stack:
+        fn = stack.pop()
+        if fn in seen:
+            continue
+        if fn in layer_fns or len(seen) > 32:
+            return None
+        seen.add(fn)
+        variable = getattr(fn, "variable", None)
+        if variable is not None:
+            leaves.append(variable)
+        stack += [f for f, _ in fn.next_functions if f is not None]
+    params = {id(p): f"{name}.{attr}" if name else attr for module, name in module_names.items()
+              for attr, p in module._parameters.items() if p is not None}  # fmt: skip
+    named = [v for v in leaves if id(v) in params]
+    if not named:
+        return None
+    same = [v for v in named if tuple(v.shape) == out_shape]  # the weight reshaped back to its own shape
+    return params[id((same or named)[0])]
+
+
+def _moves_channel_dim(grad_fn: object, ndim: int) -> bool:
+    if grad_fn.name() == "PermuteBackward0":
+        dims = getattr(grad_fn, "_saved_dims", None)
+        return dims is not None and len(dims) == ndim and dims[1] % ndim != 1
+    if grad_fn.name() == "TransposeBackward0":
+        pair = (getattr(grad_fn, "_saved_dim0", 0) % ndim, getattr(grad_fn, "_saved_dim1", 0) % ndim)
+        return 1 in pair and pair[0] != pair[1]
+    return False
+
+
+def _functional_conv(grad_fn: object) -> ChannelChangingOp:
+    """A convolution called as a function (`F.conv2d(x, self.filt, groups=self.channels)`, timm's
+    BlurPool2d): its weight is no Conv2d layer's parameter and its sizes (groups, the weight's shape) are not
+    a layer's, so the surgery could not cut it with the channels around it."""
+    call = _call_of(grad_fn)
+    at = f" at {call.where}" if call is not None else ""
+    shape = _output_shape(grad_fn, 0) or (0, 0)
+    width = int(shape[1]) if len(shape) > 1 else 0
+    return ChannelChangingOp(
+        grad_fn.name(), width, width, f"a functional convolution (F.conv2d){at}",
+        why="whose weight is not a Conv2d layer's parameter, so its weight and groups cannot be cut with the "
+        "channels (an nn.Conv2d layer can be; so can a depthwise F.conv2d on a per-channel weight buffer of "
+        "its module whose groups follow x.size(1) or one int attribute of that module, as in timm's "
+        "BlurPool2d)",
+        cause=True,  # no `code`: the warning for sizes written in the code would not describe it
+    )  # fmt: skip
+
+
+def _channels_last_linears(dg: tp.DependencyGraph) -> dict[object, set[object]]:
+    """Each Linear layer applied to a tensor of more than two dimensions (it acts on the last one, as in a
+    channels-last MLP: `x.permute(0, 2, 3, 1)`, fc1, GELU, fc2), with the graph nodes autograd recorded
+    inside it (the reshapes to and from two dimensions, the matrix product, the weight's transpose)."""
+    by_fn = {node.grad_fn: node for node in dg.module2node.values() if node.grad_fn is not None}
+    found: dict[object, set[object]] = {}
+    for node in dg.module2node.values():
+        call = _call_of(node.grad_fn) if isinstance(node.module, nn.Linear) else None
+        if call is None or call.kind != "linear":
+            continue
+        inside, seen, stack = set(), set(), [fn for fn, _ in node.grad_fn.next_functions]
+        while stack:
+            fn = stack.pop()
+            if fn is None or fn is call.source or fn in seen:
+                continue
+            seen.add(fn)
+            if fn in by_fn:
+                inside.add(by_fn[fn])
+            stack += [f for f, _ in fn.next_functions]
+        found[node] = inside
+    return found
+
+
+def _fixed_view(
+    grad_fn: object, in_shape: Sequence[int], out_shape: Sequence[int]
+) -> ChannelChangingOp | None:
+    """A flatten (N, C, ...) -> (N, F) or its inverse whose feature/channel size is a number written in the
+    code (`view(-1, 2048)`): after pruning it no longer fits. `view(x.size(0), -1)`, `flatten(1)` and sizes
+    computed from a width follow the pruned width."""
+    call = _call_of(grad_fn)
+    if call is None or call.kind != "view" or len(call.sizes) != len(out_shape):
+        return None
+    if call.follows(call.sizes[1]):
+        return None
+    shape = ", ".join(str(int(v)) for v in call.sizes)
+    return ChannelChangingOp(
+        grad_fn.name(), int(in_shape[1]), int(out_shape[1]),
+        f"a view/reshape to ({shape}) at {call.where}, whose size {int(call.sizes[1])} is written in the "
+        "code",
+        why="so it would not fit the pruned width (compute it from the tensor, e.g. x.view(x.size(0), -1) or "
+        "x.flatten(1), to make these layers prunable)",
+        cause=True, code=call.where,
+    )  # fmt: skip
+
+
+def _fixed_split(grad_fn: object, cuts: list[int]) -> ChannelChangingOp | None:
+    """A split along the channels that pruning cannot follow, or None when its equal parts follow the width
+    (`chunk(k)`, or sizes computed from the tensor's width: `_read` then ties position p of every part)."""
+    parts = [b - a for a, b in zip(cuts, cuts[1:], strict=False)]
+    equal = len(parts) > 1 and len(set(parts)) == 1
+    call = _call_of(grad_fn)
+    if call is None:
+        # not seen by the recorder: only a halving is read as a chunk, as before the recorder existed
+        if len(parts) == 2 and equal:
+            return None
+        return ChannelChangingOp(
+            grad_fn.name(), cuts[-1], parts[0], f"a split of the channels into the fixed parts {parts}"
+        )
+    follows = call.kind == "chunk" or all(call.follows(v) for v in call.sizes)
+    if follows and equal:
+        return None
+    if call.attribute is not None and equal:
+        return None  # sizes read from one attribute (`self.width`): the surgery sets it (a "size" slot)
+    if follows or call.attribute is not None:
+        # Unequal parts would be independent units, and a plan could empty one part (no layer of its own
+        # guards it); equal parts lose the same positions, so a part empties only with the whole layer.
+        return ChannelChangingOp(
+            grad_fn.name(), cuts[-1], parts[0],
+            f"a split of the channels into the unequal parts {parts} at {call.where}",
+            why="whose parts cannot follow a pruned width together (only equal parts, which lose the same "
+            "positions, can)",
+            cause=True, code=call.where,
+        )  # fmt: skip
+    sizes = [int(v) for v in call.sizes]
+    return ChannelChangingOp(
+        grad_fn.name(), cuts[-1], parts[0],
+        f"a split of the channels into the parts {parts} at {call.where}, whose size"
+        f"{'s' if len(sizes) > 1 else ''} {sizes if len(sizes) > 1 else sizes[0]} "
+        f"{'are' if len(sizes) > 1 else 'is'} written in the code",
+        why="so the parts would not follow the pruned width (split with "
+        f"torch.chunk(x, {len(parts)}, dim=1), compute the sizes from x.size(1), or read them from one "
+        "attribute of the module named in that line (e.g. self.width), which the surgery updates, to make "
+        "these layers prunable)",
+        cause=True, code=call.where,
+    )  # fmt: skip
+
+
+def _mixing_norm(node: object, grad_fn: object, module_names: Mapping) -> ChannelChangingOp | None:
+    """A norm whose statistics mix channels, so that a zeroed channel changes the others' outputs: any
+    LayerNorm (its statistics span the channels, channels-last or after a flatten), a GroupNorm module
+    with one group, and a functional F.group_norm (its group count is written in the code). A GroupNorm
+    module with more groups loses whole groups instead (`_read`); InstanceNorm is per channel."""
+    name = grad_fn.name()
+    if name not in ("NativeLayerNormBackward0", "NativeGroupNormBackward0"):
+        return None
+    module = node.module if isinstance(node.module, nn.Module) else None
+    call = _call_of(grad_fn)
+    label = repr(module_names[module]) if module in module_names else ""
+    if not label:
+        # a norm module whose forward wraps the functional call (LayerNorm2d's permutes): name it by its
+        # weight, which autograd holds
+        weights = {id(getattr(fn, "variable", None)) for fn, _ in grad_fn.next_functions}
+        owner = next(
+            (m for m in module_names if any(id(w) in weights for w in m.parameters(recurse=False))), None
+        )
+        label = repr(module_names[owner]) if owner is not None else ""
+    at = f" at {call.where}" if call is not None else ""
+    if name == "NativeLayerNormBackward0":
+        width = int(getattr(grad_fn, "_saved_normalized_shape", [0])[-1])
+        return ChannelChangingOp(
+            name, width, width, f"the LayerNorm {label}{at}".replace("  ", " "),
+            why="whose statistics span all channels, so removing one changes every other channel's output",
+            cause=True,
+        )  # fmt: skip
+    groups, width = int(grad_fn._saved_group), int(grad_fn._saved_C)
+    if isinstance(module, nn.GroupNorm) and groups > 1:
+        return None
+    what = "a functional F.group_norm"
+    if isinstance(module, nn.GroupNorm):
+        what = f"the GroupNorm {label} (num_groups=1)"
+    return ChannelChangingOp(
+        name, width, width, f"{what}{at}".replace("  ", " "),
+        why="whose statistics span all channels, so removing one changes every other channel's output"
+        if groups == 1
+        else "whose group count is written in the code (use nn.GroupNorm, whose groups prunekit cuts whole)",
+        cause=True,
+    )  # fmt: skip
 
 
 def _prod(values: Sequence[int]) -> int:

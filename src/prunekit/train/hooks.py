@@ -10,6 +10,14 @@ A hook is any object with some of
 DistributedDataParallel every rank calls every hook with the same step on identical weights: a penalty
 enters each rank's loss once and DDP averages the (identical) penalty gradients, so nothing is counted
 twice; gradient edits see the already averaged gradients and edit them alike on every rank.
+
+A hook whose behaviour depends on more than the weights (a step counter, a growing coefficient, choices
+made during training) also defines
+
+    hook_state() -> dict                      tensors and plain containers (read back with weights_only)
+    load_hook_state(state) -> None            restores it
+
+so the per-epoch checkpoint holds it and `fit(resume=True)` continues the hook exactly where it stopped.
 """
 
 from __future__ import annotations
@@ -19,6 +27,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from torch import Tensor, nn
+
+from prunekit.errors import CheckpointError
 
 
 def _takes_step(fn: Callable[..., Any]) -> bool:
@@ -43,6 +53,7 @@ class Hooks:
             fn for fn in (getattr(h, "after_backward", None) for h in hooks) if callable(fn)
         ]
         self._after_step = [fn for fn in (getattr(h, "after_step", None) for h in hooks) if callable(fn)]
+        self._stateful = [h for h in hooks if callable(getattr(h, "hook_state", None))]
 
     @property
     def has_penalty(self) -> bool:
@@ -63,3 +74,21 @@ class Hooks:
     def after_step(self, model: nn.Module, step: int) -> None:
         for fn in self._after_step:
             fn(model, step)
+
+    def state(self) -> list[dict[str, Any]]:
+        """The state of every stateful hook, in order, for the checkpoint."""
+        return [{"hook": type(h).__name__, "state": h.hook_state()} for h in self._stateful]
+
+    def load_state(self, states: list[dict[str, Any]] | None) -> None:
+        """Restore what `state` saved; a checkpoint written with other (or no) stateful hooks cannot
+        continue them exactly and is refused."""
+        saved = [s["hook"] for s in states or ()]
+        wanted = [type(h).__name__ for h in self._stateful]
+        if saved != wanted:
+            raise CheckpointError(
+                f"the checkpoint holds the state of {saved or 'no'} training hooks, this run has "
+                f"{wanted or 'none'}; it was written by another run (or an older prunekit) and cannot be "
+                "continued exactly: restart the run"
+            )
+        for hook, s in zip(self._stateful, states or (), strict=True):
+            hook.load_hook_state(s["state"])

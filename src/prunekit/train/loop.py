@@ -107,9 +107,11 @@ def fit(
     history: list[dict[str, Any]] = []
     best: float | None = None
     step = 0
+    run_hooks = Hooks([*hooks, method])
     if resume:
         state = _resume_state(run_dir, model, device, cfg, schedule, dist)
         optimizer.load_state_dict(state["optimizer"])
+        run_hooks.load_state(state.get("hooks"))
         step, best, history = state["step"], state["best_top1"], list(state["history"])
         set_rng_state(state["rng"])
         if is_main and run_dir is not None:
@@ -135,7 +137,7 @@ def fit(
         amp_dtype,
         channels_last,
         teacher,
-        Hooks([*hooks, method]),
+        run_hooks,
         dist,
     )
     reporter = make_reporter(progress, cfg.epochs, enabled=is_main)
@@ -157,6 +159,7 @@ def fit(
                     "optimizer": optimizer.state_dict(),
                     "rng": rng_state(),
                     "config": cfg.to_dict(),
+                    "hooks": run_hooks.state(),  # e.g. TPP's λ clock: continued exactly on resume
                 }
                 save_checkpoint(run_dir, model, trainer_state)
                 append_record(run_dir, record)

@@ -15,8 +15,11 @@ the real way.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -42,7 +45,7 @@ from prunekit.methods.base import select_kept as stable_select_kept
 from prunekit.methods.budget import BudgetResult, meet_budget
 from prunekit.methods.feature_pass import feature_pass
 from prunekit.methods.hrank.layouts import PRESETS, EntryOrder, Tap, conv_rates, layout_for
-from prunekit.methods.hrank.linear import hidden_linears, linear_ranks
+from prunekit.methods.hrank.linear import firing_counts, hidden_linears, linear_taps
 from prunekit.methods.selection import Selection, parse_selection
 from prunekit.models import create, default_input_shape
 from prunekit.surgery.channels import apply as apply_plan
@@ -64,49 +67,150 @@ def feature_map_ranks(maps: Tensor) -> Tensor:
     Default tolerance of `torch.linalg.matrix_rank` (σ > σ_max · max(H, W) · ε), HRank's rule; float32
     because ε is the float32 one HRank used (a half-precision map would get a far coarser ε).
 
-    The result equals `torch.linalg.matrix_rank` map by map, at a fraction of its cost: all-zero maps
-    (dead filters after the ReLU) have rank 0; a Cholesky factorisation of the float64 Gram matrix proves
-    most live maps full rank; the Gram's eigenvalues rank the others; only a map with a singular value
-    near the tolerance, where float32 SVD rounding decides, goes to `matrix_rank` itself.
+    The result equals `torch.linalg.matrix_rank` map by map, at a fraction of its cost. A map's all-zero
+    rows and columns (common after the ReLU) change none of its nonzero singular values, so its rank is at
+    most k, the number of nonzero lines on one side; a Cholesky factorisation of the float64 Gram matrix of
+    those lines proves most maps' rank equal to k (dead maps: k = 0), first on the shorter side, then on
+    the other side for maps with fewer nonzero lines there. The Gram's eigenvalues rank the others; only a
+    map with a singular value near the tolerance, where float32 SVD rounding decides, goes to
+    `matrix_rank` itself.
+
+    On a CPU the maps are ranked in chunks spread over torch's intra-op threads (`torch.get_num_threads`),
+    each op single-threaded meanwhile; the thread setting is restored on return.
     """
     if maps.dim() != 4:
         raise ValueError(f"feature maps must be (B, C, H, W), got shape {tuple(maps.shape)}")
     stack = maps.detach().float().flatten(0, 1)
-    ranks = torch.zeros(stack.shape[0], dtype=torch.long, device=stack.device)
-    undecided = torch.count_nonzero(stack, dim=(1, 2)).nonzero().squeeze(1)
-    live = stack if undecided.numel() == stack.shape[0] else stack[undecided]
-    if live.numel() == 0:
-        return ranks.view(maps.shape[:2])
-    gram = _gram(live)
-    full = _surely_full_rank(gram, *stack.shape[1:])
-    ranks[undecided[full]] = min(stack.shape[1:])
-    if not bool(full.all()):
-        rest = undecided[~full]
-        found, unsure = _eigen_ranks(gram[~full], *stack.shape[1:])
-        ranks[rest] = found
-        if bool(unsure.any()):
-            ranks[rest[unsure]] = torch.linalg.matrix_rank(live[~full][unsure])
+    h, w = stack.shape[1:]
+    first, second = ("columns", "rows") if w <= h else ("rows", "columns")
+    with _rank_workers(stack.device) as workers:
+        ranks, gram = _certified(stack, first, workers)
+        undecided = (ranks < 0).nonzero().squeeze(1)
+        if undecided.numel():
+            nonzero = stack[undecided].ne(0)
+            rows, cols = nonzero.any(2).sum(1), nonzero.any(1).sum(1)
+            retried = undecided[rows < cols if first == "columns" else cols < rows]
+            if retried.numel():
+                ranks[retried] = _certified(stack[retried], second, workers)[0]
+                undecided = (ranks < 0).nonzero().squeeze(1)
+        if undecided.numel():
+            found, unsure = _eigen_ranks_in_chunks(gram[undecided], h, w, workers)
+            ranks[undecided] = found
+            if bool(unsure.any()):
+                ranks[undecided[unsure]] = torch.linalg.matrix_rank(stack[undecided[unsure]])
     return ranks.view(maps.shape[:2])
 
 
-def _gram(stack: Tensor) -> Tensor:
-    """MMᵀ or MᵀM (the smaller) of each (N, H, W) map, in float64: products of float32 values are exact
-    there and the sums round at ~1e-16·σ_max², far below any threshold used here."""
-    m = stack.double()
-    return m @ m.mT if m.shape[1] <= m.shape[2] else m.mT @ m
+Side = Literal["columns", "rows"]
+
+#: Bytes of float64 maps or Gram matrices handled at a time on a CPU: a chunk's copy, Gram matrices and
+#: factors stay in cache (whole hook outputs of 32×32 maps run ~1.5× slower). A GPU takes one batch.
+_CHUNK_BYTES = 1 << 20
 
 
-def _surely_full_rank(gram: Tensor, h: int, w: int) -> Tensor:
-    """True where a map's smallest singular value exceeds twice matrix_rank's tolerance.
+@contextmanager
+def _rank_workers(device: torch.device) -> Iterator[int]:
+    """How many threads rank chunks at once: torch's intra-op thread count on a CPU, 1 on a GPU.
 
-    σ_min > τ ⇔ G − τ²I is positive definite for the Gram matrix G, which a Cholesky factorisation decides
-    at a small fraction of an SVD's cost. τ uses ‖M‖_F ≥ σ_max and a factor 2, so every map it accepts has
-    σ_min well above matrix_rank's own threshold σ_max·max(H, W)·ε even after float32 SVD rounding.
+    The rank work is thousands of small ops (1 MiB chunks, LAPACK calls on 8×8 to 32×32 matrices) that
+    torch runs one matrix after another; intra-op threads only add synchronisation to them (at two
+    threads they took ~3× the CPU seconds of one on a busy machine). So the ops run single-threaded while
+    the chunks are spread over the threads, and torch's thread count is restored afterwards.
     """
-    tol = 2 * max(h, w) * torch.finfo(torch.float32).eps
-    shift = gram.diagonal(dim1=-2, dim2=-1).sum(-1) * tol**2  # ‖M‖_F² · tol²
-    shifted = gram - shift[:, None, None] * torch.eye(min(h, w), dtype=gram.dtype, device=gram.device)
-    return torch.linalg.cholesky_ex(shifted).info == 0
+    threads = torch.get_num_threads() if device.type == "cpu" else 1
+    if threads == 1:
+        yield 1
+        return
+    torch.set_num_threads(1)
+    try:
+        yield threads
+    finally:
+        torch.set_num_threads(threads)
+
+
+@cache
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prunekit-ranks")
+
+
+def _in_chunks(
+    count: int, size: int, device: torch.device, work: Callable[[slice], None], workers: int
+) -> None:
+    """Call ``work(chunk)`` for slices of ``range(count)`` holding `size`-byte float64 (H, W) maps or Gram
+    matrices each (`_CHUNK_BYTES` of them on a CPU, all at once on a GPU), over `workers` threads."""
+    step = max(1, _CHUNK_BYTES // (8 * max(1, size))) if device.type == "cpu" else max(1, count)
+    chunks = [slice(start, start + step) for start in range(0, count, step)]
+    if workers == 1 or len(chunks) == 1:
+        for chunk in chunks:
+            work(chunk)
+    else:
+        list(_pool(workers).map(work, chunks))  # list(): waits, and re-raises a worker's error here
+
+
+def _gram(stack: Tensor, side: Side, out: Tensor | None = None) -> Tensor:
+    """MᵀM (``"columns"``) or MMᵀ (``"rows"``) of each (N, H, W) map, in float64: products of float32
+    values are exact there and the sums round at ~1e-16·‖M‖_F², far below any threshold used here."""
+    m = stack.double()
+    a, b = (m.mT, m) if side == "columns" else (m, m.mT)
+    return torch.matmul(a, b) if out is None else torch.matmul(a, b, out=out)
+
+
+def _certified(stack: Tensor, side: Side, workers: int) -> tuple[Tensor, Tensor]:
+    """(rank where `_certify` proves it, else -1; Gram matrix over `side`) of each (N, H, W) map, chunk by
+    chunk: each chunk's Gram matrices are factorised while still in cache."""
+    h, w = stack.shape[1:]
+    n = w if side == "columns" else h
+    gram = torch.empty(stack.shape[0], n, n, dtype=torch.float64, device=stack.device)
+    ranks = torch.empty(stack.shape[0], dtype=torch.long, device=stack.device)
+
+    def work(chunk: slice) -> None:
+        _gram(stack[chunk], side, out=gram[chunk])
+        ranks[chunk] = _certify(gram[chunk], max(h, w))
+
+    _in_chunks(stack.shape[0], max(h * w, n * n), stack.device, work, workers)
+    return ranks, gram
+
+
+def _certify(gram: Tensor, longest: int) -> Tensor:
+    """Rank k of each map whose Gram matrix `gram` proves it, -1 elsewhere; `longest` is max(H, W).
+
+    A zero line of the map is a zero row and column of its Gram matrix; the others form the Gram G_k of the
+    map without its zero lines, whose nonzero singular values are the map's. The map's rank is k when
+    G_k's smallest eigenvalue exceeds τ² for τ = 2·‖M‖_F·max(H, W)·ε — twice matrix_rank's tolerance
+    σ_max·max(H, W)·ε at least, so float32 SVD rounding cannot move a singular value across it — which a
+    Cholesky factorisation of G − τ²I decides, at a small fraction of an SVD's cost. The zero lines' rows
+    and columns are exactly zero, so they stay exactly decoupled through the factorisation when their
+    diagonal is set to 1: it succeeds exactly when G_k's does.
+
+    The shift is applied to `gram` in place and its diagonal restored exactly afterwards (copying every
+    Gram matrix would cost a tenth of the factorisation).
+    """
+    diagonal = gram.diagonal(dim1=-2, dim2=-1)
+    original = diagonal.clone()
+    zero = original == 0  # exact: a float64 sum of squares of float32 values vanishes only for a zero line
+    frobenius = original.sum(-1, keepdim=True)  # ‖M‖_F², finite for every finite float32 map
+    if not bool(torch.isfinite(frobenius).all()):
+        raise ConfigError(
+            "HRank: feature maps are not finite (NaN or inf); check the model's weights and inputs"
+        )
+    tol = 2 * longest * torch.finfo(torch.float32).eps
+    diagonal.sub_(frobenius * tol**2)
+    diagonal.masked_fill_(zero, 1.0)
+    info = torch.linalg.cholesky_ex(gram, upper=True).info  # ~15 % faster than lower; either triangle will do
+    diagonal.copy_(original)
+    return torch.where(info == 0, (~zero).sum(-1), -1)
+
+
+def _eigen_ranks_in_chunks(gram: Tensor, h: int, w: int, workers: int) -> tuple[Tensor, Tensor]:
+    """`_eigen_ranks` chunk by chunk over `workers` threads."""
+    rank = torch.empty(gram.shape[0], dtype=torch.long, device=gram.device)
+    unsure = torch.empty(gram.shape[0], dtype=torch.bool, device=gram.device)
+
+    def work(chunk: slice) -> None:
+        rank[chunk], unsure[chunk] = _eigen_ranks(gram[chunk], h, w)
+
+    _in_chunks(gram.shape[0], gram.shape[1] ** 2, gram.device, work, workers)
+    return rank, unsure
 
 
 def _eigen_ranks(gram: Tensor, h: int, w: int) -> tuple[Tensor, Tensor]:
@@ -130,6 +234,7 @@ def hrank_scores(
     taps: Sequence[Tap] | None = None,
     n_images: int = DEFAULT_IMAGES,
     batch_size: int = 128,
+    linears: Sequence[str] = (),
 ) -> dict[str, Tensor]:
     """Average feature-map rank per output channel, ``{conv_name: float32 tensor (C,)}``.
 
@@ -137,21 +242,29 @@ def hrank_scores(
     (images, labels) pairs — HRank uses the shuffled, augmented training set; pass a seeded loader to
     make the ranks reproducible. The first `n_images` images are used. The model runs in eval mode
     without gradients on its own device; `taps` default to the architecture's (`layouts.layout_for`).
+    Hidden `linears` are scored in the same pass, by their units' firing fractions (`linear`).
     """
     if n_images < 1:
         raise ConfigError(f"n_images must be at least 1, got {n_images}")
     taps = layout_for(model).taps if taps is None else taps
+    units = set(linears)
     # Integer rank sums on the model's device, divided once at the end: the exact mean, which HRank's
     # float32 running mean only approximates.
     totals: dict[str, Tensor] = {}
 
-    def reduce(convs: tuple[str, ...], maps: Tensor) -> None:
-        ranks = feature_map_ranks(maps).sum(0)
-        for conv in convs:
-            totals[conv] = totals[conv] + ranks if conv in totals else ranks
+    def reduce(layers: tuple[str, ...], maps: Tensor) -> None:
+        ranks = firing_counts(maps) if layers[0] in units else feature_map_ranks(maps).sum(0)
+        for layer in layers:
+            totals[layer] = totals[layer] + ranks if layer in totals else ranks
 
     seen = feature_pass(
-        model, batches, taps, reduce, n_images=n_images, batch_size=batch_size, who="HRank"
+        model,
+        batches,
+        [*taps, *linear_taps(linears)],
+        reduce,
+        n_images=n_images,
+        batch_size=batch_size,
+        who="HRank",
     ).images
     if seen < n_images:
         warnings.warn(
@@ -359,13 +472,13 @@ class HRank(ScoringMethod):
         if calib is None:
             raise ConfigError("HRank needs training images to rank feature maps; calib is None")
         self.conv_rates(model)  # a wrong-length list fails before the ranking
-        self.scores = hrank_scores(
-            model, calib, n_images=self.options.n_images, batch_size=self.options.batch_size
-        )
+        linears: list[str] = []
         if self.selection.sequence is None and not self.selection.rules and isinstance(calib, Tensor):
             names = (name for group in prunable_groups(model, calib[:1]) for name in group.members)
-            linears = hidden_linears(model, names)
-            self.scores |= linear_ranks(model, calib, linears, self.options.n_images, self.options.batch_size)
+            linears = hidden_linears(model, names)  # ranked in the convs' pass
+        self.scores = hrank_scores(
+            model, calib, n_images=self.options.n_images, batch_size=self.options.batch_size, linears=linears
+        )
 
     def score(self, model: nn.Module, layer: str, calib: Calib | None) -> Tensor | None:
         if self.scores is None:

@@ -223,10 +223,7 @@ def _hidden_linear_entries(
     entry after the convs' (the paper ranks convs only, so its list expressions never add it). Their
     scores are the firing fractions of `methods.hrank.linear`."""
     selection = method.selection
-    if selection.sequence is not None or selection.rules or selection.uniform is None:
-        return []
-    names = [name for group in prunable_groups(model, example) for name in group.members]
-    linears = tuple(hidden_linears(model, names))
+    linears = _uniform_linears(method, model, example)
     if not linears:
         return []
     assert method.scores is not None
@@ -241,13 +238,28 @@ def _hidden_linear_entries(
     return [(len(layout.entries), linears, selection.uniform)]
 
 
+def _uniform_linears(method: HRank, model: nn.Module, example: Tensor) -> tuple[str, ...]:
+    """The hidden linears a uniform ratio reaches (none for HRank's own list expressions and rules)."""
+    selection = method.selection
+    if selection.sequence is not None or selection.rules or selection.uniform is None:
+        return ()
+    names = [name for group in prunable_groups(model, example) for name in group.members]
+    return tuple(hidden_linears(model, names))
+
+
 def _ensure_scores(
-    model: nn.Module, method: HRank, layout: ArchLayout, source: Tensor | Iterable[Any]
+    model: nn.Module, method: HRank, layout: ArchLayout, source: Tensor | Iterable[Any], example: Tensor
 ) -> None:
-    """Rank once, on the dense model, before any mask (HRank issue #15)."""
+    """Rank once, on the dense model, before any mask (HRank issue #15); the hidden linears a uniform ratio
+    reaches are scored in the same pass."""
     if method.scores is None:
         method.scores = hrank_scores(
-            model, source, layout.taps, n_images=method.options.n_images, batch_size=method.options.batch_size
+            model,
+            source,
+            layout.taps,
+            n_images=method.options.n_images,
+            batch_size=method.options.batch_size,
+            linears=_uniform_linears(method, model, example),
         )
 
 
@@ -268,7 +280,7 @@ def mask_prune(model: nn.Module, method: HRank, calib: Tensor) -> LayerwiseResul
     """One-shot masked HRank: every entry's filters zeroed at once on a copy of `model`."""
     layout = layout_for(model)
     entries = _entries(layout, method.conv_rates(model))
-    _ensure_scores(model, method, layout, calib)
+    _ensure_scores(model, method, layout, calib, calib[:1])
     entries += _hidden_linear_entries(method, model, layout, calib, calib[:1])
     masked = copy.deepcopy(model)
     kept: dict[str, list[int]] = {}
@@ -307,8 +319,8 @@ def layerwise_prune(
             f"train_stages names stage {max(train_stages)}, but {layout.arch} has {len(layout.entries)} "
             f"HRank stages (1..{len(layout.entries)}, one per compress_rate entry)"
         )
-    _ensure_scores(model, method, layout, calib if calib is not None else train)
     example = _example(calib, train)
+    _ensure_scores(model, method, layout, calib if calib is not None else train, example)
     entries += _hidden_linear_entries(method, model, layout, calib, example)
     model = copy.deepcopy(model)
     modules = dict(model.named_modules())

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from prunekit.errors import ConfigError
+from prunekit.errors import CheckpointError, ConfigError
 from prunekit.methods.base import (
     Calib,
     Plan,
@@ -348,6 +348,47 @@ class RegularisedPruning(ScoringMethod):
     def hold_step(self, model: nn.Module, t: int) -> None:
         """After the optimiser step of iteration `t` (TPP zeroes here)."""
 
+    # ------------------------------------------------------------ checkpoint (train.hooks)
+
+    def _clocks(self) -> dict[str, Clock]:
+        return {n: c for n in ("clock", "pick_clock") if (c := getattr(self, n, None)) is not None}
+
+    def hook_state(self) -> dict[str, Any]:
+        """What the sparsify stage cannot recompute from the weights: the steps taken, every λ clock (update
+        counts, stops, magnitude EMAs, t_stab) and the picks (GReg-2 picks during the stage)."""
+        self._require_prepared()
+        return {
+            "steps_taken": self.steps_taken,
+            "removed": [None if r is None else [int(i) for i in r] for r in self.removed],
+            "clocks": {
+                name: {"counts": c.counts, "stopped": c.stopped, "ema": c.ema, "t_stab": c.t_stab}
+                for name, c in self._clocks().items()
+            },
+        }
+
+    def load_hook_state(self, state: dict[str, Any]) -> None:
+        """Continue from `hook_state` (a resumed run); `prepare` has made the same groups on the same dense
+        weights, so anything that does not fit means the checkpoint belongs to another configuration."""
+        self._require_prepared()
+        clocks = self._clocks()
+        removed = state["removed"]
+        if len(removed) != len(self.group_members) or set(state["clocks"]) != set(clocks):
+            raise CheckpointError(
+                f"{self.name}: the sparsify checkpoint was written for {len(removed)} pruned groups, this "
+                f"run has {len(self.group_members)}; it belongs to another configuration: restart the run"
+            )
+        for name, saved in state["clocks"].items():
+            clock = clocks[name]
+            clock.counts, clock.stopped = list(saved["counts"]), list(saved["stopped"])
+            clock.ema, clock.t_stab = list(saved["ema"]), saved["t_stab"]
+        self.removed = [None if r is None else list(r) for r in removed]
+        for layer in self.layers:
+            layer.removed = torch.zeros_like(layer.removed)
+            if self.removed[layer.group] is not None:
+                layer.removed[self.removed[layer.group]] = True
+        self._masks = {}
+        self.steps_taken = int(state["steps_taken"])
+
     def lam(self, g: int = 0) -> float:
         assert self.clock is not None
         return self.clock.lam(g)
@@ -371,8 +412,8 @@ class RegularisedPruning(ScoringMethod):
         if self.steps_taken == 0:
             warnings.warn(
                 f"{self.name} removed its filters without the regularised stage (no sparsify step ran): "
-                "this is one-shot mean-|w| pruning; give the run a sparsify stage (any --sparsify-epochs: "
-                f"{self.name} sets its length, {self.sparsify_steps(1)} steps)",
+                "this is one-shot mean-|w| pruning; give the run its sparsify stage (--sparsify-epochs auto: "
+                f"{self.name} sets its length, {self.sparsify_steps(1):,} steps)",
                 stacklevel=2,
             )
         magnitudes = self.magnitudes(model).tolist()

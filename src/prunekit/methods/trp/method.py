@@ -227,8 +227,20 @@ class TRP(Method):
         self._subgradients = None
         with torch.no_grad():
             for conv, g in zip(convs, subgradients, strict=True):
-                if conv.weight.grad is not None:
-                    conv.weight.grad.add_(g, alpha=lam)
+                if conv.weight.grad is not None:  # `.to`: a resumed run's state comes back on the CPU
+                    conv.weight.grad.add_(g.to(conv.weight.grad.device), alpha=lam)
+
+    def hook_state(self) -> dict[str, Any]:
+        """For the sparsify checkpoint (`train.hooks`): the sub-gradients the last projection left for the
+        next TRP step, so a resumed stage takes them from that same SVD, as the uninterrupted one does."""
+        if self._subgradients is None:
+            return {"step": None, "subgradients": []}
+        step, subgradients = self._subgradients
+        return {"step": step, "subgradients": [g.detach().cpu() for g in subgradients]}
+
+    def load_hook_state(self, state: dict[str, Any]) -> None:
+        step, subgradients = state["step"], list(state["subgradients"])
+        self._subgradients = None if step is None else (step, subgradients)
 
     def _project(self, convs: list[nn.Conv2d], step: int) -> list[Projection] | None:
         """The truncated SVDs of `convs`; None (the step is skipped, as the release does) when the SVD
