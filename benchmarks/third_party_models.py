@@ -26,7 +26,8 @@ against this torch build: a stub (below, this script only) stands in for it; the
 `FrozenBatchNorm2d` (a class for isinstance checks) and `InterpolationMode` (an enum) from it.
 
     OMP_NUM_THREADS=1 PYTHONPATH=/path/to/timm .venv/bin/python benchmarks/third_party_models.py \
-        --out third_party.md [--models resnet18,dla34] [--timeout 120] [--workers 1]
+        --out third_party.md [--models resnet18,dla34] [--timeout 120] [--workers 1] [--jsonl records.jsonl]
+    .venv/bin/python benchmarks/third_party_models.py --render run1.jsonl run2.jsonl --out table.md  # tables
 """
 
 from __future__ import annotations

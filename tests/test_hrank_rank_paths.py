@@ -212,3 +212,30 @@ def test_chunks_spread_over_threads_give_the_same_ranks(monkeypatch: pytest.Monk
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(previous)
+
+
+def test_ranking_overlapped_with_the_forward_gives_the_sequential_scores() -> None:
+    # With several threads each tap's maps are ranked by workers while the forward goes on: the integer
+    # sums must be those of the one-thread pass, a worker's error must surface, and the thread count return.
+    from prunekit.methods.hrank import hrank_scores
+
+    torch.manual_seed(0)
+    model = create("resnet20").eval()
+    images = torch.randn(24, 3, 32, 32)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        sequential = hrank_scores(model, images, n_images=24, batch_size=8)
+        torch.set_num_threads(2)
+        overlapped = hrank_scores(model, images, n_images=24, batch_size=8)
+        assert torch.get_num_threads() == 2
+        assert sequential.keys() == overlapped.keys()
+        assert all(torch.equal(sequential[k], overlapped[k]) for k in sequential)
+        broken = create("resnet20").eval()
+        with torch.no_grad():
+            broken.layer2[0].conv1.weight[0, 0, 0, 0] = float("nan")  # every later map is NaN
+        with pytest.raises(ConfigError, match="not finite"):
+            hrank_scores(broken, images, n_images=24, batch_size=8)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)

@@ -80,6 +80,8 @@ def test_a_model_with_no_prunable_layer_is_refused_not_returned_unchanged() -> N
     # The engine's reason for the hidden layer comes first, the classifier's last.
     message = str(err.value)
     assert message.index("'0': its channels pass through") < message.index("'2': its output channels are")
+    with pytest.raises(ConfigError, match=r"target_macs=0.5 cannot be met: none of the model's 2 conv"):
+        prunekit.prune(net, torch.randn(1, 3, 8, 8), "l1", target_macs=0.5)
 
 
 def test_an_example_input_the_model_cannot_run_is_a_prunekit_error() -> None:

@@ -27,14 +27,13 @@ from prunekit.errors import ConfigError, PrunekitError, unknown_name
 from prunekit.measure import CONVENTION, compare_latency, cost, sparsity_report
 from prunekit.methods import Method, Pruned, Selection, Stage, create_method, meet
 from prunekit.methods.alignment import deployment_selection
-from prunekit.methods.base import prunable_groups
+from prunekit.methods.base import no_prunable_layer, prunable_groups
 from prunekit.models import create, default_input_shape, model_entry
 from prunekit.models.probe import evaluating
 from prunekit.report import RunFolder, comparison_markdown, plot_curves, plot_widths
 from prunekit.report.run_folder import open_run
 from prunekit.report.tables import ComparisonRow
 from prunekit.surgery import LowRankConv2d, attach, record_masks
-from prunekit.surgery.graph import graph_of
 from prunekit.train import TrainConfig, evaluate, fit
 from prunekit.train.distributed import DistInfo, cleanup, init_distributed
 from prunekit.train.threads import use_threads
@@ -609,15 +608,7 @@ def refuse_when_nothing_prunable(model: nn.Module, pruned: Pruned, example: torc
 
     if pruned.masks or count(pruned.model) != count(model) or eligible_layers(model, example):
         return
-    graph = graph_of(model, example)
-    layers = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    why = {name: graph.exclusion(name) or "" for name in layers}
-    # The classifier's refusal is expected; the others say what to change.
-    shown = sorted(layers, key=lambda name: why[name].startswith("its output channels are the model's"))[:3]
-    raise ConfigError(
-        f"nothing was pruned: none of the model's {len(layers)} conv/linear layers can lose output channels; "
-        + "; ".join(f"{name!r}: {why[name]}" for name in shown)
-    )
+    raise no_prunable_layer(model, example, "nothing was pruned")
 
 
 def prune_stage(method: Method, model: nn.Module, calib: torch.Tensor, stage: Stage | None = None) -> Pruned:

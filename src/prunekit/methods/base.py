@@ -28,7 +28,7 @@ from prunekit.errors import ConfigError, PrunekitError, unknown_name
 from prunekit.methods.budget import BudgetResult, meet_budget
 from prunekit.methods.options import coerce
 from prunekit.methods.selection import Selection, align_ratios, parse_selection, pruned_count, unalignable
-from prunekit.surgery.graph import channel_groups
+from prunekit.surgery.graph import channel_groups, graph_of
 from prunekit.surgery.masks import MaskSet
 from prunekit.surgery.plan import MaskPlan, Plan
 
@@ -308,6 +308,20 @@ def prunable_groups(model: nn.Module, example: Tensor) -> list[LayerGroup]:
         LayerGroup(group.members, group.units, None if group.aligned else dict(group.unit_of))
         for group in channel_groups(model, example)
     ]
+
+
+def no_prunable_layer(model: nn.Module, example: Tensor, asked: str) -> ConfigError:
+    """The error for a model none of whose conv/linear layers can lose output channels (e.g. weight-
+    standardised convs): what was `asked`, then the engine's reasons for the first layers, the classifier's
+    last (expected, so the others say what to change)."""
+    graph = graph_of(model, example)
+    layers = [name for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    why = {name: graph.exclusion(name) or "" for name in layers}
+    shown = sorted(layers, key=lambda name: why[name].startswith("its output channels are the model's"))[:3]
+    return ConfigError(
+        f"{asked}: none of the model's {len(layers)} conv/linear layers can lose output channels; "
+        + "; ".join(f"{name!r}: {why[name]}" for name in shown)
+    )
 
 
 def group_ratio(group: LayerGroup, ratios: dict[str, float]) -> float:

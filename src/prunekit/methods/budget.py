@@ -310,6 +310,13 @@ def meet_budget(
     coarse. `fastest` (``round_to=auto``): among the aligned widths near that answer that also meet the
     budget, the ones the latency table predicts fastest at the budget's batch size and threads
     (`latency_budget.fastest_aligned`)."""
+    if not any(ratio > 0 for ratio in base.values()):
+        from prunekit.methods.base import no_prunable_layer, prunable_groups  # base imports this module
+
+        if not prunable_groups(model, example):
+            raise no_prunable_layer(
+                model, example, f"the budget {budget.kind}={budget.value:g} cannot be met"
+            )
     counter = MacCounter(model, example)
     widths = [(g, counter.widths[g]) for g in counter.groups]
 
@@ -465,13 +472,15 @@ def search_knob(
     dense = cost_of(model, example, kind, budget)
     target = budget.fraction
     trials: list[tuple[float, float, Pruned]] = []  # (knob, fraction, result)
+    refusals: list[PrunekitError] = []
 
     def trial(value: float) -> float | None:
         try:
             pruned = method.with_knob(value).prune(model, calib, stage)
             if round_to is not None:
                 pruned = align_pruned(model, pruned, example, round_to, method.name)
-        except PrunekitError:
+        except PrunekitError as exc:
+            refusals.append(exc)
             return None
         fraction = cost_of(pruned.model, example, kind, budget) / dense
         trials.append((value, fraction, pruned))
@@ -496,8 +505,9 @@ def search_knob(
         if hi - lo <= 1e-6 * max(1.0, abs(hi)):
             break
     if not trials:
+        why = f": {refusals[-1]}" if refusals else ""  # the method's own reason, the same at every value
         raise ConfigError(
-            f"method {method.name!r} could not prune at any {method.knob} in {method.knob_range}"
+            f"method {method.name!r} could not prune at any {method.knob} in {method.knob_range}{why}"
         )
     value, fraction, pruned = min(trials, key=lambda t: abs(t[1] - target))
     if abs(fraction - target) > KNOB_TOLERANCE * target:

@@ -14,9 +14,11 @@ the real way.
 
 from __future__ import annotations
 
+import threading
 import warnings
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
@@ -118,8 +120,8 @@ def _rank_workers(device: torch.device) -> Iterator[int]:
     the chunks are spread over the threads, and torch's thread count is restored afterwards.
     """
     threads = torch.get_num_threads() if device.type == "cpu" else 1
-    if threads == 1:
-        yield 1
+    if threads == 1 or threading.current_thread().name.startswith(_POOL_PREFIX):
+        yield 1  # inside a rank worker already: nested chunks would wait on their own pool
         return
     torch.set_num_threads(1)
     try:
@@ -128,9 +130,12 @@ def _rank_workers(device: torch.device) -> Iterator[int]:
         torch.set_num_threads(threads)
 
 
+_POOL_PREFIX = "prunekit-ranks"
+
+
 @cache
 def _pool(workers: int) -> ThreadPoolExecutor:
-    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix="prunekit-ranks")
+    return ThreadPoolExecutor(max_workers=workers, thread_name_prefix=_POOL_PREFIX)
 
 
 def _in_chunks(
@@ -252,20 +257,53 @@ def hrank_scores(
     # float32 running mean only approximates.
     totals: dict[str, Tensor] = {}
 
-    def reduce(layers: tuple[str, ...], maps: Tensor) -> None:
-        ranks = firing_counts(maps) if layers[0] in units else feature_map_ranks(maps).sum(0)
+    def rank(layers: tuple[str, ...], maps: Tensor) -> Tensor:
+        return firing_counts(maps) if layers[0] in units else feature_map_ranks(maps).sum(0)
+
+    def add(layers: tuple[str, ...], ranks: Tensor) -> None:
         for layer in layers:
             totals[layer] = totals[layer] + ranks if layer in totals else ranks
 
-    seen = feature_pass(
-        model,
-        batches,
-        [*taps, *linear_taps(linears)],
-        reduce,
-        n_images=n_images,
-        batch_size=batch_size,
-        who="HRank",
-    ).images
+    # On a CPU with several threads, a tap's maps are ranked by worker threads while the forward goes on
+    # to the next layers (everything single-threaded meanwhile): the rank work, thousands of small LAPACK
+    # calls, gains nothing from intra-op threads, and overlapping it with the forward keeps every core
+    # busy. Results are added in submission order, so the integer sums are the same as sequentially.
+    threads = torch.get_num_threads()
+    parameter = next(model.parameters(), None)
+    overlap = threads > 1 and (parameter is None or parameter.device.type == "cpu")
+    pending: deque[tuple[tuple[str, ...], Future[Tensor]]] = deque()
+
+    def reduce(layers: tuple[str, ...], maps: Tensor) -> None:
+        if not overlap:
+            add(layers, rank(layers, maps))
+            return
+        # A copy: later layers may overwrite these maps in place (an in-place ReLU or residual add).
+        pending.append((layers, _pool(threads).submit(rank, layers, maps.detach().clone())))
+        while len(pending) > 2 * threads:  # memory: a few taps' maps in flight, never the whole pass
+            add(*_first_done(pending))
+
+    if overlap:
+        torch.set_num_threads(1)
+    try:
+        seen = feature_pass(
+            model,
+            batches,
+            [*taps, *linear_taps(linears)],
+            reduce,
+            n_images=n_images,
+            batch_size=batch_size,
+            who="HRank",
+        ).images
+        while pending:
+            add(*_first_done(pending))
+    finally:
+        for _, future in pending:
+            future.cancel()
+        for _, future in pending:
+            if not future.cancelled():
+                future.exception()  # wait: no worker may outlive the thread setting restored below
+        if overlap:
+            torch.set_num_threads(threads)
     if seen < n_images:
         warnings.warn(
             f"HRank ranked feature maps on {seen} images, fewer than n_images={n_images}", stacklevel=2
@@ -279,6 +317,11 @@ def hrank_scores(
                 f"{scores[tap.conv].numel()} channels but the conv has {expected}"
             )
     return scores
+
+
+def _first_done(pending: deque[tuple[tuple[str, ...], Future[Tensor]]]) -> tuple[tuple[str, ...], Tensor]:
+    layers, future = pending.popleft()
+    return layers, future.result()  # re-raises a worker's error here
 
 
 # ---------------------------------------------------------------- selection and plan
