@@ -5,7 +5,6 @@ LayerNorm over channels (never prunable through), sizes written in the model's c
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import pytest
@@ -27,13 +26,12 @@ from engine_models import (
     ResNeXtStyle,
     UnequalAttributeSplit,
 )
-from prunekit.errors import ConfigError, SurgeryError
-from prunekit.measure.cost import cost
+from prunekit.errors import SurgeryError
 from prunekit.model_file import save
 from prunekit.surgery import apply
 from prunekit.surgery.channels import _cut_group_norm
 from prunekit.surgery.graph import channel_groups, graph_of
-from test_engine_families import SELECTIONS, masked_like, neutralised
+from test_engine_families import check_prunes_as_masking_and_round_trips, masked_like, neutralised
 
 
 def refusals(model: nn.Module) -> dict[str, str]:
@@ -43,39 +41,7 @@ def refusals(model: nn.Module) -> dict[str, str]:
 
 @pytest.mark.parametrize("family", sorted(SEMANTIC_FAMILIES))
 def test_every_semantic_family_prunes_as_masking_and_round_trips(family: str, tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = neutralised(SEMANTIC_FAMILIES[family]())
-    x = torch.randn(2, 3, 8, 8)
-    dense = cost(model, (1, 3, 8, 8)).macs
-    has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # sizes written in the code; few calibration images
-        for method in ("l1", "fpgm", "random", "hrank", "slimming"):
-            for selection in SELECTIONS:
-                try:
-                    pruned = prunekit.prune(model, x[:1], method=method, calib=x, **selection).eval()
-                except ConfigError as exc:
-                    # Network slimming reads BatchNorm scales: a model with none is refused as a whole, and
-                    # where BN-led layers carry too little of the MACs the budget names the closest reach.
-                    assert method == "slimming", exc
-                    why = "closest reachable" if has_bn else "none of the selected layers has one"
-                    assert why in str(exc), exc  # under a budget too: the search passes slimming's reason on
-                    continue
-                macs = cost(pruned, (1, 3, 8, 8)).macs
-                assert macs < dense, (method, selection)
-                if "target_macs" in selection:
-                    band = 0.02 if method == "slimming" else 0.01  # a knob search steps coarser
-                    assert abs(macs / dense - 0.5) <= band * 0.5, (method, macs / dense)
-                with torch.no_grad():
-                    torch.testing.assert_close(pruned(x), masked_like(model, pruned)(x), rtol=1e-4, atol=1e-5)
-                if method == "l1" and "ratio" in selection:
-                    kept = pruned
-    loaded = prunekit.load(save(kept, tmp_path / f"{family}.safetensors"), model=SEMANTIC_FAMILIES[family]())
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.eval()(x), kept(x))
-    assert {k: v.shape for k, v in loaded.state_dict().items()} == {
-        k: v.shape for k, v in kept.state_dict().items()
-    }
+    check_prunes_as_masking_and_round_trips(SEMANTIC_FAMILIES[family], tmp_path)
 
 
 # ------------------------------------------------------------------------------- splits

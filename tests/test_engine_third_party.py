@@ -26,13 +26,18 @@ from engine_models import (
     SelectiveKernelStyle,
     StdConvNet,
 )
-from prunekit.errors import ConfigError, PrunekitError, SurgeryError
+from prunekit.errors import PrunekitError, SurgeryError
 from prunekit.measure.cost import cost
 from prunekit.model_file import save
 from prunekit.surgery import apply
 from prunekit.surgery.channels import _zeroing_hooks
 from prunekit.surgery.graph import channel_groups, graph_of
-from test_engine_families import SELECTIONS, masked_like, neutralised
+from test_engine_families import (
+    ALL_CRITERIA,
+    check_prunes_as_masking_and_round_trips,
+    masked_like,
+    neutralised,
+)
 
 
 def refusals(model: nn.Module) -> dict[str, str]:
@@ -44,42 +49,10 @@ def refusals(model: nn.Module) -> dict[str, str]:
 
 @pytest.mark.parametrize("family", sorted(THIRD_PARTY_FAMILIES))
 def test_every_third_party_family_prunes_as_masking_and_round_trips(family: str, tmp_path: Path) -> None:
-    torch.manual_seed(0)
-    model = neutralised(THIRD_PARTY_FAMILIES[family]())
-    x = torch.randn(2, 3, 8, 8)
-    dense = cost(model, (1, 3, 8, 8)).macs
-    has_bn = any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    methods = ("l1", "fpgm", "random", "hrank", "slimming") if has_bn else ("l1", "fpgm", "random")
-    kept = None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # a refused layer's line; few calibration images
-        for method in methods:
-            for selection in SELECTIONS:
-                try:
-                    pruned = prunekit.prune(model, x[:1], method=method, calib=x, **selection).eval()
-                except ConfigError as exc:
-                    # slimming prunes only BatchNorm-led layers; where they carry too little of the MACs the
-                    # budget is refused naming the closest reachable fraction
-                    assert method == "slimming" and "closest reachable" in str(exc), exc
-                    continue
-                macs = cost(pruned, (1, 3, 8, 8)).macs
-                assert macs < dense, (method, selection)
-                if "target_macs" in selection:
-                    band = 0.02 if method == "slimming" else 0.01  # a knob search steps coarser
-                    assert abs(macs / dense - 0.5) <= band * 0.5, (method, macs / dense)
-                with torch.no_grad():
-                    torch.testing.assert_close(pruned(x), masked_like(model, pruned)(x), rtol=1e-4, atol=1e-5)
-                if method == "l1" and selection == {"ratio": 0.6}:
-                    kept = pruned
-    assert kept is not None
-    loaded = prunekit.load(
-        save(kept, tmp_path / f"{family}.safetensors"), model=THIRD_PARTY_FAMILIES[family]()
-    )
-    with torch.no_grad():
-        torch.testing.assert_close(loaded.eval()(x), kept(x))
-    assert {k: v.shape for k, v in loaded.state_dict().items()} == {
-        k: v.shape for k, v in kept.state_dict().items()
-    }
+    build = THIRD_PARTY_FAMILIES[family]
+    has_bn = any(isinstance(m, nn.BatchNorm2d) for m in build().modules())
+    methods = ALL_CRITERIA if has_bn else ("l1", "fpgm", "random")  # hrank/slimming read BN-led maps
+    check_prunes_as_masking_and_round_trips(build, tmp_path, methods)
 
 
 # ------------------------------------------------------------------------------- F1: CSPNet CrossStage3
