@@ -312,3 +312,24 @@ def test_tpp_and_the_redundancy_graph_on_uneven_coupled_groups(family: str) -> N
         assert cost(pruned, (1, 3, 8, 8)).macs < dense
         with torch.no_grad():
             torch.testing.assert_close(pruned(x[:2]), masked_like(model, pruned)(x[:2]), rtol=1e-4, atol=1e-5)
+
+
+def test_a_float32_mismatch_is_retried_in_float64_before_a_prune_is_refused(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A pruned conv sums fewer terms than the masked one; through a deep stack with neutralised BatchNorms
+    # float32 can round past the tolerance (timm's RepViT did). Simulate that: every float32 comparison fails.
+    import prunekit.surgery.channels as channels
+
+    close = channels._close
+    compared: list[torch.dtype] = []
+
+    def float32_never_close(reference: torch.Tensor, candidate: torch.Tensor) -> bool:
+        compared.append(reference.dtype)
+        return reference.dtype == torch.float64 and close(reference, candidate)
+
+    monkeypatch.setattr(channels, "_close", float32_never_close)
+    pruned = apply(create("resnet20"), {"conv1": [0, 2, 4, 6, 8, 10, 12, 14]}, torch.randn(1, 3, 32, 32))
+    assert pruned.conv1.out_channels == 8 and compared == [torch.float32, torch.float64]
+    with pytest.raises(SurgeryError, match=r"not the same as masking from layer"):  # wrong in float64 too
+        apply(ChannelCountScaled(), {"conv1.0": [0, 1, 2, 3, 4, 5]}, torch.randn(1, 3, 8, 8))

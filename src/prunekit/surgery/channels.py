@@ -660,6 +660,9 @@ def check_equals_masking(
     expected, got = run_reference(), run_candidate()
     if _close(expected, got):
         return
+    if expected.is_floating_point() and expected.dtype != torch.float64:
+        if _equal_in_float64(model, pruned, removals, example_input, graph):
+            return  # float32 rounding amplified through a deep stack, not channels mapped wrongly
     # Find the first layer that differs (only now: hooks and copies of every output cost time).
     seen_ref: dict[str, torch.Tensor] = {}
     seen_new: dict[str, torch.Tensor] = {}
@@ -733,6 +736,34 @@ def _substituted(model: nn.Module, state: Mapping[str, torch.Tensor]) -> Iterato
     finally:
         for table, key, original in reversed(swapped):
             table[key] = original
+
+
+def _equal_in_float64(
+    model: nn.Module,
+    pruned: nn.Module,
+    removals: Mapping[tuple[str, str], Sequence[int]],
+    example_input: torch.Tensor,
+    graph: ChannelGraph,
+) -> bool:
+    """The masking check once more, on float64 copies: a pruned conv sums fewer terms than the masked one,
+    and in float32 a deep network (neutralised BatchNorms no longer rescale) can amplify that rounding past
+    the tolerance. Run only after a float32 mismatch, so a correct prune costs nothing more."""
+    dense, cut = copy.deepcopy(model).double(), copy.deepcopy(pruned).double()
+    x = example_input.double()
+    hooks = _zeroing_hooks(dense, removals, None)
+    try:
+        reference = {**_neutral_state(dense), **_masked_state(dense, removals, graph)}
+        with evaluating(dense), evaluating(cut), torch.no_grad():
+            with _substituted(dense, reference):
+                expected = dense(x)
+            with _substituted(cut, _neutral_state(cut)):
+                got = cut(x)
+    except Exception:  # a model that will not run in float64 keeps the float32 verdict
+        return False
+    finally:
+        for h in hooks:
+            h.remove()
+    return isinstance(got, torch.Tensor) and _close(expected, got)
 
 
 def _close(reference: torch.Tensor, candidate: torch.Tensor) -> bool:
