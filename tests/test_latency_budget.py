@@ -366,10 +366,8 @@ def test_bad_latency_budgets_are_refused() -> None:
         Selection.of(target_latency=0.5, target_macs=0.5)
 
 
-def test_knob_methods_meet_latency_budgets_through_their_knob(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Network slimming has its own allocation (a global BN threshold): the knob search bisects its ratio
-    # with the predicted latency as the cost, then the real model is timed.
-    fake_prune(monkeypatch)
+def slimmable_net() -> nn.Module:
+    """Two BN-led 3×3 convs with distinct positive BN scales (slimming's criterion), in eval mode."""
     model = nn.Sequential(
         nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
         nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
@@ -379,6 +377,14 @@ def test_knob_methods_meet_latency_budgets_through_their_knob(monkeypatch: pytes
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
                 m.weight.copy_(torch.rand(m.num_features, generator=torch.Generator().manual_seed(1)) + 0.01)
+    return model
+
+
+def test_knob_methods_meet_latency_budgets_through_their_knob(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Network slimming has its own allocation (a global BN threshold): the knob search bisects its ratio
+    # with the predicted latency as the cost, then the real model is timed.
+    fake_prune(monkeypatch)
+    model = slimmable_net()
     x = torch.randn(2, 3, 8, 8)
     method = prunekit.methods.create_method("slimming", Selection.of(target_latency=0.6))
     pruned = prunekit.methods.meet(method, model, x)
@@ -397,15 +403,7 @@ def test_knob_methods_correct_the_table_by_measuring_too(monkeypatch: pytest.Mon
     # than predicted. Slimming's knob search is redone for corrected targets until a candidate measures
     # within 5 % of 0.6; each correction is the nearest candidate's ratio (all measured above the target).
     fake_prune(monkeypatch, per_layer=1000)
-    model = nn.Sequential(
-        nn.Conv2d(3, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.Conv2d(32, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10),
-    ).eval()  # fmt: skip
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.weight.copy_(torch.rand(m.num_features, generator=torch.Generator().manual_seed(1)) + 0.01)
+    model = slimmable_net()
     x = torch.randn(2, 3, 8, 8)
     pruned = prunekit.methods.meet(
         prunekit.methods.create_method("slimming", Selection.of(target_latency=0.6)), model, x

@@ -15,25 +15,11 @@ from prunekit.measure import cost
 from prunekit.methods.alignment import resolve_round_to
 from prunekit.methods.selection import Selection, align_ratios, aligned_width, parse_selection, pruned_count
 from prunekit.models import create
+from test_latency_budget import TwoConv  # 1×4×4 input, 6432 MACs
 
 
 def conv_widths(model: nn.Module) -> dict[str, int]:
     return {n: m.out_channels for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-
-
-class TwoConv(nn.Module):
-    """1×4×4 input; MACs: conv1 16·16·9 = 2304, conv2 16·16·16 = 4096, fc 16·2 = 32; 6432 in all."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
-        self.conv2 = nn.Conv2d(16, 16, 1)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, 2)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
-        return self.fc(torch.flatten(self.pool(x), 1))
 
 
 def test_round_to_in_the_selection_language() -> None:
