@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from prunekit.errors import ConfigError
+from prunekit.measure.allocator import steady_allocator
 from prunekit.measure.deployment import DeployMode, deploy
 
 _MODE_WORDS = {
@@ -186,6 +187,7 @@ def compare_latency(
 
     `deployed=False` times the model as given (eval mode, BN not folded). The models themselves are not
     modified. The torch CPU thread count is set to `threads` for the measurement and restored after.
+    glibc's malloc is set to keep freed memory for the rest of the process (`allocator.steady_allocator`).
     """
     if batch_size < 1 or threads < 1 or repeats < 1 or rounds < 1 or warmup < 0:
         raise ConfigError(
@@ -193,6 +195,7 @@ def compare_latency(
             f"batch_size={batch_size}, threads={threads}, repeats={repeats}, rounds={rounds}, warmup={warmup}"
         )
     device = torch.device(device)
+    steady_allocator()  # page faults of fresh activations are not the model's latency
     per_round = max(1, repeats // rounds)
     x = torch.randn(batch_size, *input_shape, generator=torch.Generator().manual_seed(0)).to(device)
 
