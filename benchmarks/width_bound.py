@@ -230,14 +230,14 @@ def main() -> None:
         search = Search(table, blocks, args.multiple)
         per_residual = search.best_per_macs()
 
-        def predicted(alloc: Allocation) -> tuple[int, float]:
-            return cost(Net(alloc).eval(), (3, INPUT_HW, INPUT_HW)).macs, sum(
-                search.cost(s)[1] for s in _shapes(alloc)
-            )
+        def predicted(alloc: Allocation, search: Search = search) -> tuple[int, float]:
+            """(MACs, table µs) of an allocation."""
+            macs = cost(Net(alloc).eval(), (3, INPUT_HW, INPUT_HW)).macs
+            return macs, sum(search.cost(s)[1] for s in _shapes(alloc))
 
         dense_macs, dense_us = predicted(dense_alloc)
-        print(f"\nbatch {batch}, {args.threads} thread(s): {len(per_residual)} residual-width choices searched; "
-              f"{table.measured} layer shapes timed now, the rest from the cache")  # fmt: skip
+        print(f"\nbatch {batch}, {args.threads} thread(s): {len(per_residual)} residual-width choices "
+              f"searched; {table.measured} layer shapes timed now, the rest from the cache")  # fmt: skip
         models = {"dense": (dense_alloc, dense_macs, dense_us)}
         for fraction in BUDGETS:
             lo, hi = dense_macs * fraction * (1 - BAND), dense_macs * fraction * (1 + BAND)
@@ -254,9 +254,10 @@ def main() -> None:
                 print(f"  MACs {fraction:g} ± {BAND:.0%}: no aligned allocation")
                 continue
             ratio, macs, us, alloc = best
-            assert predicted(alloc) == (macs, us) or abs(predicted(alloc)[1] - us) < 1e-6 * us, "rebuilt"
-            print(f"  MACs {fraction:g} ± {BAND:.0%}: best predicted lat×/MAC× {ratio:.3f} "
-                  f"(MAC× {dense_macs / macs:.2f}, lat× {dense_us / us:.2f}): {alloc.describe()}")  # fmt: skip
+            rebuilt = predicted(alloc)
+            assert rebuilt[0] == macs and abs(rebuilt[1] - us) < 1e-6 * us, "the allocation rebuilt differs"
+            print(f"  MACs {fraction:g} ± {BAND:.0%}: best predicted lat×/MAC× {ratio:.3f} (MAC× "
+                  f"{dense_macs / macs:.2f}, lat× {dense_us / us:.2f}): {alloc.describe()}")  # fmt: skip
             models[f"best {round(1 / fraction)}x"] = (alloc, macs, us)
         for widths in ((8, 16, 32), (8, 24, 56), (8, 32, 32)):
             alloc = uniform(widths, blocks)
@@ -270,16 +271,13 @@ def main() -> None:
         dense_ms = timed["dense"].median_ms
         real_dense_macs = cost(nets["dense"], (3, INPUT_HW, INPUT_HW)).macs
         print(f"  measured, interleaved ({args.rounds} rounds × {args.repeats}), deployed form:")
-        print(
-            f"  {'model':<10} {'MAC×':>6} {'pred lat×':>9} {'meas lat×':>9} {'pred ratio':>10} {'meas ratio':>10}"
-        )
+        header = ("MAC×", "pred lat×", "meas lat×", "pred ratio", "meas ratio")
+        print(f"  {'model':<10} " + " ".join(f"{h:>10}" for h in header))
         for name, (_, macs, us) in models.items():
-            real_macs = cost(nets[name], (3, INPUT_HW, INPUT_HW)).macs
-            mac_x = real_dense_macs / real_macs
+            mac_x = real_dense_macs / macs
             pred, meas = dense_us / us, dense_ms / timed[name].median_ms
-            print(
-                f"  {name:<10} {mac_x:6.2f} {pred:9.2f} {meas:9.2f} {pred / mac_x:10.3f} {meas / mac_x:10.3f}"
-            )
+            cells = (f"{mac_x:.2f}", f"{pred:.2f}", f"{meas:.2f}", f"{pred / mac_x:.3f}")
+            print(f"  {name:<10} " + " ".join(f"{c:>10}" for c in cells) + f" {meas / mac_x:10.3f}")
 
 
 def _shapes(alloc: Allocation) -> list[LayerShape]:
