@@ -13,10 +13,12 @@ searched exactly:
   after the first are interchangeable, so they are multisets of inner widths), and the fronts are added
   stage by stage.
 
-The table leaves out ReLUs, additions and shortcuts, which shrink only linearly with width, so for a
-pruned model it predicts a ratio at least as good as the true one; then the best allocation found for each
-budget is built (random weights: only the shapes matter) and timed against the dense model, interleaved,
-in the deployed form (`measure.compare_latency`), beside the uniform 8/16/32 and 12/24/48 models.
+The table leaves out ReLUs, additions, shortcuts and the per-call overhead a whole model shares, so a
+prediction is not a measurement: the best allocation found for each budget is built (random weights: only
+the shapes matter) and timed against the dense model, interleaved, in the deployed form
+(`measure.compare_latency`), beside uniform widths (8/16/32, 8/24/56, 8/32/32) and, for what depth buys
+instead of width, the full-width network with fewer blocks per stage (``depth k``: ResNet-(6k+2), the
+latency a model with whole blocks removed would have, give or take the removed blocks' additions).
 
     OMP_NUM_THREADS=1 python benchmarks/width_bound.py --batch-sizes 1,64
 """
@@ -262,6 +264,10 @@ def main() -> None:
         for widths in ((8, 16, 32), (8, 24, 56), (8, 32, 32)):
             alloc = uniform(widths, blocks)
             models["/".join(map(str, widths))] = (alloc, *predicted(alloc))
+        for fraction in BUDGETS:
+            k = max(1, round(blocks * fraction))
+            alloc = uniform(DENSE_WIDTHS, k)
+            models[f"depth {k}"] = (alloc, *predicted(alloc))
         torch.manual_seed(0)
         nets = {name: Net(alloc).eval() for name, (alloc, _, _) in models.items()}
         timed = compare_latency(
