@@ -5,6 +5,7 @@ clocks, picks) — and ends with the weights of the uninterrupted run."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -219,3 +220,73 @@ def test_fit_checkpoints_the_state_of_stateful_hooks(tmp_path) -> None:
         CheckpointError, match=r"holds the state of \['Counter'\] training hooks, this run has none"
     ):
         fit(tiny_net(), train, val, cfg, run_dir=tmp_path / "b", resume=True, progress=False)
+
+
+def _hrank_argv(dense, out) -> list[str]:
+    from conftest import SYNTHETIC_28
+
+    layerwise = ["--option", "schedule=layerwise", "--calib-images", "64", "--option", "n_images=64"]
+    argv = ["prune", str(dense), "--method", "hrank", "--ratios", "[0.5]+[0.6]", *layerwise, *SYNTHETIC_28]
+    return [*argv, "--finetune-epochs", "2", "--latency-batches", "", "--out", str(out)]
+
+
+def test_hrank_layerwise_resumes_after_its_last_finished_stage(dense, tmp_path, monkeypatch) -> None:
+    """HRank's layer-wise schedule fine-tunes once per compress-rate entry: a run interrupted in stage 2
+    keeps stage 1 (its record and the weights after it) and runs only stage 2 again."""
+    from prunekit.methods.hrank import schedule
+
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    assert main(_hrank_argv(dense, straight)) == 0
+    original = schedule._fine_tune_stage
+    calls: list[Path] = []
+
+    def stop_in_stage_2(*args, **kwargs):
+        calls.append(args[5])  # the stage's folder
+        if len(calls) == 2:
+            # half-way: the stage's folder holds a log line and a checkpoint of its first epoch
+            (args[5] / "log.jsonl").parent.mkdir(parents=True, exist_ok=True)
+            (args[5] / "log.jsonl").write_text('{"epoch": 1}\n')
+            raise Stop
+        return original(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(schedule, "_fine_tune_stage", stop_in_stage_2)
+        assert main(_hrank_argv(dense, broken)) == 130
+    assert len((broken / "stages.jsonl").read_text().splitlines()) == 1
+    assert load_file(broken / "stages_state.safetensors")  # the weights after stage 1
+
+    calls.clear()
+    with monkeypatch.context() as patch:
+        patch.setattr(schedule, "_fine_tune_stage", _counting(original, calls))
+        assert main(["prune", "--resume", "--out", str(broken)]) == 0
+    assert [c.name for c in calls] == ["stage001"]  # stage 1 was not trained again
+    wa, wb = load_file(straight / "model.safetensors"), load_file(broken / "model.safetensors")
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    sa, sb = (json.loads((p / "summary.json").read_text()) for p in (straight, broken))
+    assert sa["hrank"]["stages"] == sb["hrank"]["stages"] and sa["pruned"]["top1"] == sb["pruned"]["top1"]
+    assert (straight / "stages.jsonl").read_text() == (broken / "stages.jsonl").read_text()
+    assert _log(straight / "stage001" / "log.jsonl") == _log(broken / "stage001" / "log.jsonl")
+
+
+def _counting(fine_tune, calls):
+    def run(*args, **kwargs):
+        calls.append(args[5])
+        return fine_tune(*args, **kwargs)
+
+    return run
+
+
+def test_hrank_layerwise_resume_refuses_stages_that_differ(dense, tmp_path, capsys) -> None:
+    out = tmp_path / "run"
+    assert main(_hrank_argv(dense, out)) == 0
+    log = out / "stages.jsonl"
+    first, *rest = log.read_text().splitlines()
+    record = json.loads(first)
+    record["kept"] = {name: width - 1 for name, width in record["kept"].items()}  # not what the picks give
+    log.write_text("\n".join([json.dumps(record), *rest]) + "\n")
+    (out / "summary.json").write_text(
+        json.dumps({**json.loads((out / "summary.json").read_text()), "status": "incomplete"})
+    )
+    (out / "model.safetensors").unlink()
+    assert main(["prune", "--resume", "--out", str(out)]) == 2
+    assert "cannot resume: stage 0" in capsys.readouterr().err

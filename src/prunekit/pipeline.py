@@ -28,6 +28,7 @@ from prunekit.measure import CONVENTION, compare_latency, cost, sparsity_report
 from prunekit.methods import Method, Pruned, Selection, Stage, create_method, meet
 from prunekit.methods.alignment import deployment_selection
 from prunekit.methods.base import no_prunable_layer, prunable_groups
+from prunekit.methods.stage import STAGE_FOLDER, STAGES_LOG, STAGES_STATE
 from prunekit.models import create, default_input_shape, model_entry
 from prunekit.models.probe import evaluating
 from prunekit.report import RunFolder, comparison_markdown, plot_curves, plot_widths
@@ -833,18 +834,23 @@ def _sparsify_record(method: Method, cfg: TrainConfig | None, steps_per_epoch: i
     }
 
 
-#: What a resumed prune run continues: its record, and the stages `fit` checkpoints (the sparsify stage in
-#: its folder, the fine-tune in the run's root). Everything else is made again by the resumed run.
-_RESUMABLE = {"config.yaml", "summary.json", "sparsify", WEIGHTS, STATE, "log.jsonl"}
+#: What a resumed prune run continues: its record, the stages `fit` checkpoints (the sparsify stage in
+#: its folder, the fine-tune in the run's root) and HRank's layer-wise stages (their log, the weights after
+#: the last finished one, and their folders, which `layerwise_prune` trims). Everything else is made again
+#: by the resumed run.
+_RESUMABLE = {
+    *("config.yaml", "summary.json", "log.jsonl", WEIGHTS, STATE, "sparsify"),
+    *(STAGES_LOG, STAGES_STATE),
+}
 
 
 def _clear_unresumable(path: Path) -> None:
     """Remove what a resumed prune run makes again (plots, the model file, and the folders of training a
-    method's own pruning runs without checkpoints, e.g. HRank's layer-wise stages, whose logs would
-    otherwise be appended to)."""
+    method's own pruning runs without checkpoints, whose logs would otherwise be appended to)."""
     for child in path.iterdir():
-        if child.name not in _RESUMABLE:
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        if child.name in _RESUMABLE or STAGE_FOLDER.fullmatch(child.name):
+            continue
+        shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
 
 
 def eligible_layers(model: nn.Module, example: torch.Tensor) -> list[str]:

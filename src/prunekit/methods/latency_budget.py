@@ -12,8 +12,9 @@ prediction is what the search met, the measurement is what the user gets.
 The table is a sum of layers timed alone; a whole model runs faster or slower than that sum (caches shared
 between layers, per-op overhead, fused kernels), by a factor that depends on the widths: on one CPU thread
 at batch 1, ResNet-56 candidates the table put at 0.50 of the dense latency measured 0.45-0.46 (at batch
-64, with the steady allocator of `measure.allocator`, 0.51-0.53). So scoring methods close the loop: the table's candidate is built (its widths, any channels)
-and timed against the dense model, interleaved, through an injectable `ModelTimer`; while the measurement
+64, with the steady allocator of `measure.allocator`, 0.51-0.53). So scoring methods close the loop: the
+table's candidate is built (its widths, any channels) and timed against the dense model, interleaved,
+through an injectable `ModelTimer`; while the measurement
 is off by more than MEASURED_TOLERANCE, the table's error on that candidate is taken as a ratio that holds
 near it (measured / predicted) and the table is searched again for ``target × predicted / measured``. The
 candidate measured closest to the target is kept, and every step is recorded.

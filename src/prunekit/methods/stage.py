@@ -8,6 +8,7 @@ HRank's original schedule masks one entry and fine-tunes before the next; a meth
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,13 @@ from torch import nn
 from prunekit.train import TrainConfig, fit
 from prunekit.train.loop import FitResult, Loader
 from prunekit.train.trainer_state import has_checkpoint
+
+#: What a method's own training under the run folder keeps for a resumed run: a log of its finished
+#: stages, the weights after the last one, and one folder per stage (HRank's layer-wise schedule). The
+#: pipeline's resume leaves them in place; the method decides what of them is still valid.
+STAGES_LOG = "stages.jsonl"
+STAGES_STATE = "stages_state.safetensors"
+STAGE_FOLDER = re.compile(r"stage\d{3}")
 
 
 @dataclass

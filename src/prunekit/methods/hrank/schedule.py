@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import itertools
 import json
+import shutil
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -31,6 +32,7 @@ from prunekit.methods.base import Pruned, prunable_groups
 from prunekit.methods.hrank.criterion import HRank, hrank_scores, hrank_select
 from prunekit.methods.hrank.layouts import ArchLayout, conv_rates, layout_for
 from prunekit.methods.hrank.linear import hidden_linears, linear_ranks
+from prunekit.methods.stage import STAGE_FOLDER, STAGES_LOG, STAGES_STATE
 from prunekit.surgery import MaskHandle, MaskSet, apply, attach, fold, record_masks
 from prunekit.surgery.dead_channels import zero_channel_plan
 from prunekit.surgery.equivalence import check_same_outputs
@@ -40,7 +42,6 @@ if TYPE_CHECKING:
     from prunekit.methods.stage import Stage as RunStage
 
 _BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-STAGES_LOG = "stages.jsonl"
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,17 @@ class Stage:
             "best_top1": self.best_top1,
             "trained": self.trained,
         }
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> Stage:
+        return cls(
+            int(record["entry"]),
+            tuple(record["layers"]),
+            float(record["rate"]),
+            {str(k): int(v) for k, v in record["kept"].items()},
+            record["best_top1"],
+            bool(record["trained"]),
+        )
 
 
 @dataclass
@@ -302,6 +314,7 @@ def layerwise_prune(
     progress: bool | None = False,
     device: str | torch.device | None = None,
     skip_zero_rate_stages: bool | None = None,
+    resume: bool = False,
 ) -> LayerwiseResult:
     """The original HRank schedule (§3.1) on a copy of `model`: rank once on the dense model (`calib`,
     else the training loader), then for each compress_rate entry in order add its filter masks, fine-tune
@@ -309,7 +322,10 @@ def layerwise_prune(
     best-validation weights. Stages that prune nothing still train, as in HRank, unless
     `skip_zero_rate_stages` (default: the method's option). Each stage trains with its own seed
     (``stage_cfg.seed + entry``) so stages do not replay one shuffle order. With `run_dir`, stage k's
-    training log goes to ``stage{k:03d}/`` and its record to ``stages.jsonl``."""
+    training log goes to ``stage{k:03d}/``, its record to ``stages.jsonl`` and the weights after it to
+    ``stages_state.safetensors``; `resume` continues such a run after its last finished stage (a stage
+    interrupted half-way runs again from its start: its best epoch so far is not kept), and ends with the
+    weights of the uninterrupted run, since each stage is seeded on its own."""
     skip = method.options.skip_zero_rate_stages if skip_zero_rate_stages is None else skip_zero_rate_stages
     layout = layout_for(model)
     entries = _entries(layout, method.conv_rates(model))  # a wrong compress_rate fails before any ranking
@@ -327,9 +343,21 @@ def layerwise_prune(
     fed = fed_batchnorms(model, example)  # the data flow does not change with the weights: trace once
     masks = MaskSet({})
     stages: list[Stage] = []
-    for entry, convs, rate in entries:
+    finished = _finished_stages(Path(run_dir)) if resume and run_dir is not None else []
+    for index, (entry, convs, rate) in enumerate(entries):
         kept = _kept(method, convs, rate)
         masks = masks & filter_masks(model, kept, example, fed)
+        if index < len(finished):  # the picks are a function of the dense model: made again, compared
+            done, widths = finished[index], {c: len(k) for c, k in kept.items()}
+            if (done.entry, done.layers, done.kept) != (entry, tuple(convs), widths):
+                raise ConfigError(
+                    f"cannot resume: stage {entry} of the run in {run_dir} kept {done.kept}, this run keeps "
+                    f"{widths}; the model or the options differ"
+                )
+            stages.append(done)
+            if index == len(finished) - 1:
+                _load_stage_weights(model, Path(run_dir) / STAGES_STATE)
+            continue
         prunes = any(len(k) < _width(modules[c]) for c, k in kept.items())
         trains = (prunes or not skip) and (train_stages is None or entry + 1 in train_stages)
         handle = attach(model, masks)  # zeroes the new filters now, and every gradient of a masked weight
@@ -346,7 +374,59 @@ def layerwise_prune(
         if run_dir is not None:
             with open(Path(run_dir) / STAGES_LOG, "a", encoding="utf-8") as fh:
                 fh.write(json.dumps(stage.to_json()) + "\n")
+            _save_stage_weights(model, Path(run_dir) / STAGES_STATE, len(stages))
     return LayerwiseResult(fold(model, masks), masks, stages)
+
+
+def _save_stage_weights(model: nn.Module, path: Path, stages: int) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {
+        name: t.detach().to("cpu", memory_format=torch.contiguous_format, copy=True)
+        for name, t in model.state_dict().items()
+    }
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file(tensors, str(tmp), metadata={"stages": str(stages)})
+    tmp.replace(path)  # atomic: the weights and their stage count change together
+
+
+def _finished_stages(run_dir: Path) -> list[Stage]:
+    """The stages a resumed run keeps: as many as the weights file says finished (the log may hold one
+    more, written before an interruption). What is after them is removed: the log's extra lines and the
+    folders of the stages to run again (their training logs would otherwise be appended to)."""
+    from safetensors import SafetensorError, safe_open
+
+    count = 0
+    if (run_dir / STAGES_STATE).is_file():
+        try:
+            with safe_open(run_dir / STAGES_STATE, framework="pt") as f:
+                count = int((f.metadata() or {}).get("stages", 0))
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise ConfigError(f"cannot resume: {run_dir / STAGES_STATE} is unreadable ({exc})") from None
+    log = run_dir / STAGES_LOG
+    lines = log.read_text(encoding="utf-8").splitlines() if log.is_file() else []
+    if len(lines) < count:
+        raise ConfigError(
+            f"cannot resume: {STAGES_STATE} in {run_dir} says {count} stages finished, {STAGES_LOG} records "
+            f"{len(lines)}"
+        )
+    try:
+        finished = [Stage.from_json(json.loads(line)) for line in lines[:count]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"cannot resume: {log} is corrupt ({exc})") from None
+    log.write_text("".join(line + "\n" for line in lines[:count]), encoding="utf-8") if lines else None
+    last = finished[-1].entry if finished else -1
+    for folder in run_dir.iterdir():
+        if STAGE_FOLDER.fullmatch(folder.name) and folder.is_dir() and int(folder.name[5:]) > last:
+            shutil.rmtree(folder)
+    return finished
+
+
+def _load_stage_weights(model: nn.Module, path: Path) -> None:
+    from safetensors.torch import load_file
+
+    device = next(model.parameters()).device
+    model.load_state_dict(load_file(str(path), device=str(device)), strict=True)
 
 
 def _fine_tune_stage(
@@ -459,6 +539,7 @@ def hrank_prune(method: HRank, model: nn.Module, calib: Tensor | None, stage: Ru
             run_dir=stage.run_dir,
             progress=stage.progress,
             device=stage.device,
+            resume=stage.resume,
         )
         stages = result.stages
         smaller, masks, removed = remove_dead_channels(result.model, result.masks, calib[:16])
