@@ -184,6 +184,9 @@ def test_threads_are_recorded_in_config_and_summary(dense, tmp_path, monkeypatch
     config = yaml.safe_load((dense / "config.yaml").read_text())
     summary = json.loads((dense / "summary.json").read_text())
     assert config["threads"] == 1 and summary["threads"] == 1 and summary["latency_threads"] == 1
+    from prunekit.measure.allocator import steady_allocator
+
+    assert summary["latency_allocator"] == steady_allocator()  # how the latency was timed
     out = tmp_path / "ft"
     asked = []  # without --threads the default decides (one thread: two would only contend on CI)
     monkeypatch.setattr(threads, "default_threads", lambda: asked.append(1) or 1)

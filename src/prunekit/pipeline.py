@@ -25,6 +25,7 @@ from prunekit import model_file
 from prunekit.data import build_loaders, list_datasets
 from prunekit.errors import ConfigError, PrunekitError, unknown_name
 from prunekit.measure import CONVENTION, compare_latency, cost, sparsity_report
+from prunekit.measure.allocator import steady_allocator
 from prunekit.methods import Method, Pruned, Selection, Stage, create_method, meet
 from prunekit.methods.alignment import deployment_selection
 from prunekit.methods.base import no_prunable_layer, prunable_groups
@@ -177,9 +178,11 @@ def check_runs_on(model: nn.Module, shape: tuple[int, int, int], what: str) -> N
 def measure_model(
     model: nn.Module, input_shape: tuple[int, int, int], latency_batches: tuple[int, ...], threads: int = 1
 ) -> dict[str, Any]:
-    """Params, MACs (with the convention sentence) and deployed latency per batch size."""
+    """Params, MACs (with the convention sentence) and deployed latency per batch size, with the threads
+    and the allocator setting it was timed under (`measure.allocator`)."""
     measured = compare_models({"model": model}, input_shape, latency_batches, threads)["model"]
-    return {**measured, "convention": CONVENTION, "latency_threads": threads}
+    allocator = steady_allocator()  # as `compare_latency` set it
+    return {**measured, "convention": CONVENTION, "latency_threads": threads, "latency_allocator": allocator}
 
 
 def train_run(
