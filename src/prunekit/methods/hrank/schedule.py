@@ -414,7 +414,8 @@ def _finished_stages(run_dir: Path) -> list[Stage]:
         finished = [Stage.from_json(json.loads(line)) for line in lines[:count]]
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"cannot resume: {log} is corrupt ({exc})") from None
-    log.write_text("".join(line + "\n" for line in lines[:count]), encoding="utf-8") if lines else None
+    if len(lines) > count:
+        log.write_text("".join(line + "\n" for line in lines[:count]), encoding="utf-8")
     last = finished[-1].entry if finished else -1
     for folder in run_dir.iterdir():
         if STAGE_FOLDER.fullmatch(folder.name) and folder.is_dir() and int(folder.name[5:]) > last:
