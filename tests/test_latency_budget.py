@@ -448,3 +448,9 @@ def test_cli_latency_budget_and_profile_table(
     printed = capsys.readouterr().out
     # conv1: 24·24·20·25 MACs = 288000 -> fake 2885 µs
     assert "conv1" in printed and "predicted     2885.0 µs" in printed
+    # GMAC/s = MACs of the layer / its measured µs / 1e3, on the line of each layer
+    import re
+
+    line = next(row for row in printed.splitlines() if row.strip().startswith("conv1 "))
+    measured, rate = re.search(r"measured\s+([\d.]+) µs\s+([\d.]+) GMAC/s", line).groups()
+    assert float(rate) == pytest.approx(288000 / float(measured) / 1e3, rel=0.01, abs=0.006)

@@ -656,10 +656,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
         rows = in_model_layer_latencies(model, shape, batch_size=b, threads=threads)
         predicted = table.lookup_many(s for s, _ in rows.values())
         console.print(
-            f"per layer at batch {b}, {threads} thread(s): lookup table (alone, frozen) vs in the model"
+            f"per layer at batch {b}, {threads} thread(s): lookup table (alone, frozen) vs in the model, "
+            "and the MACs per second the layer reached in the model (a narrow layer runs far below a wide "
+            "one: its MACs do not become speed)"
         )
-        for (name, (_, measured)), guess in zip(rows.items(), predicted, strict=True):
-            console.print(f"  {name:<28} predicted {guess:10.1f} µs  measured {measured:10.1f} µs")
+        for (name, (shape, measured)), guess in zip(rows.items(), predicted, strict=True):
+            rate = shape.macs() * b / max(measured, 1e-9) / 1e3  # MACs per µs / 1e3 = GMAC/s
+            console.print(
+                f"  {name:<28} predicted {guess:10.1f} µs  measured {measured:10.1f} µs  {rate:7.2f} GMAC/s",
+                soft_wrap=True,  # one line per layer, whatever the terminal's width
+            )
         console.print(
             f"  {'total':<28} predicted {sum(predicted):10.1f} µs  measured "
             f"{sum(m for _, m in rows.values()):10.1f} µs"
