@@ -40,6 +40,10 @@ def _effective_matrix(lr: LowRankConv2d) -> torch.Tensor:
     a, b = lr.first.weight.detach().double(), lr.second.weight.detach().double()
     if lr.scheme == "NC":
         return b.flatten(1) @ a.flatten(1)
+    if lr.scheme == "ND":  # filter i: Σ_j (pointwise of path j) ⊗ (depthwise kernel of path j)
+        n, rank = b.shape[:2]
+        pointwise = a.reshape(n, rank, -1)  # (n, R, c)
+        return pointwise.transpose(1, 2) @ b.reshape(n, rank, -1)  # (n, c, kh·kw)
     c, kh = a.shape[1], a.shape[2]
     n, kw = b.shape[0], b.shape[3]
     return a.squeeze(3).permute(1, 2, 0).reshape(c * kh, lr.rank) @ b.squeeze(2).permute(1, 0, 2).reshape(
@@ -55,7 +59,7 @@ CONV_CASES = [
 ]
 
 
-@pytest.mark.parametrize("scheme", ["NC", "VH"])
+@pytest.mark.parametrize("scheme", ["NC", "VH", "ND"])
 @pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()))
 def test_full_rank_reproduces_the_conv(scheme: str, case: dict) -> None:
     conv = _conv(3, 5, bias=True, **case)
@@ -122,6 +126,22 @@ def test_vh_puts_all_sigma_in_the_horizontal_factor() -> None:
     torch.testing.assert_close(lr(x), conv(x), atol=1e-5, rtol=1e-5)
 
 
+def test_nd_splits_each_filter_on_its_own() -> None:
+    # Filter 0's (c, kh·kw) matrix [[3, 0], [0, 4]]: rank 1 keeps σ = 4 on channel 1, position 1, and
+    # √4 = 2 goes to the pointwise and to the depthwise factor. Filter 1's [[0, 1], [0, 0]] keeps σ = 1.
+    conv = nn.Conv2d(2, 2, (1, 2), bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([[[[3.0, 0.0]], [[0.0, 4.0]]], [[[0.0, 1.0]], [[0.0, 0.0]]]]))
+    assert full_rank(conv, "ND") == 2 and energy_rank(conv, "ND", 0.6) == 1  # 16/25 ≥ 0.6 and 1/1
+    assert energy_rank(conv, "ND", 0.7) == 2  # filter 0 needs both; the common rank is the largest
+    lr = LowRankConv2d.from_conv(conv, "ND", 1)
+    assert (lr.first.out_channels, lr.second.groups, lr.second.kernel_size) == (2, 2, (1, 2))
+    torch.testing.assert_close(lr.first.weight.abs().flatten(), torch.tensor([0.0, 2.0, 1.0, 0.0]))
+    torch.testing.assert_close(lr.second.weight.abs().flatten(), torch.tensor([0.0, 2.0, 0.0, 1.0]))
+    expected = torch.tensor([[[0.0, 0.0], [0.0, 4.0]], [[0.0, 1.0], [0.0, 0.0]]], dtype=torch.float64)
+    torch.testing.assert_close(_effective_matrix(lr), expected)
+
+
 def test_matrix_layouts() -> None:
     w = torch.arange(2 * 3 * 2 * 2, dtype=torch.float32).reshape(2, 3, 2, 2)
     nc = to_matrix(w, "NC")
@@ -131,7 +151,10 @@ def test_matrix_layouts() -> None:
     assert vh.shape == (6, 4)
     # row (ci, y), column (o, x)
     assert vh[2 * 2 + 1, 1 * 2 + 0] == w[1, 2, 1, 0]
-    for scheme in ("NC", "VH"):
+    nd = to_matrix(w, "ND")
+    assert nd.shape == (2, 3, 4)  # one (c, kh·kw) matrix per output filter
+    assert nd[1, 2, 1 * 2 + 0] == w[1, 2, 1, 0]
+    for scheme in ("NC", "VH", "ND"):
         assert torch.equal(from_matrix(to_matrix(w, scheme), scheme, w.shape), w)
 
 
@@ -141,7 +164,7 @@ def test_matrix_layouts() -> None:
     c=st.integers(1, 5),
     kh=st.integers(1, 3),
     kw=st.integers(1, 3),
-    scheme=st.sampled_from(["NC", "VH"]),
+    scheme=st.sampled_from(["NC", "VH", "ND"]),
     data=st.data(),
 )
 def test_truncation_error_is_the_discarded_energy(n, c, kh, kw, scheme, data) -> None:
@@ -150,9 +173,9 @@ def test_truncation_error_is_the_discarded_energy(n, c, kh, kw, scheme, data) ->
     rank = data.draw(st.integers(1, full_rank(conv, scheme)))
     lr = LowRankConv2d.from_conv(conv, scheme, rank)
     m = to_matrix(conv.weight.detach().double(), scheme)
-    sigma = np.linalg.svd(m.numpy(), compute_uv=False)
+    sigma = np.linalg.svd(m.numpy(), compute_uv=False)  # ND: one row per filter, each truncated at rank
     err = float((m - _effective_matrix(lr)).square().sum())
-    assert err == pytest.approx(float((sigma[rank:] ** 2).sum()), abs=1e-5)
+    assert err == pytest.approx(float((sigma[..., rank:] ** 2).sum()), abs=1e-5)
     # and the module computes exactly the conv with that truncated weight
     x = torch.randn(1, c, 5, 6)
     w_r = from_matrix(_effective_matrix(lr).float(), scheme, conv.weight.shape)
@@ -168,6 +191,10 @@ def test_truncation_error_is_the_discarded_energy(n, c, kh, kw, scheme, data) ->
         # VH: first 3·4·3 = 36, second 6·3·3 = 54 + 6 bias. Stride 2: first runs at 4×8, second at 4×4.
         ("VH", 3, 1, 36 + 54 + 6, (36 + 54) * 64),
         ("VH", 3, 2, 36 + 54 + 6, 36 * 32 + 54 * 16),
+        # ND: first 1×1 4 → 6·2 = 48 weights, second 12 → 6 in 6 groups: 6·2·9 = 108 + 6 bias. The pointwise
+        # factor runs at the 8×8 input; stride 2: the depthwise one at 4×4.
+        ("ND", 2, 1, 48 + 108 + 6, (48 + 108) * 64),
+        ("ND", 2, 2, 48 + 108 + 6, 48 * 64 + 108 * 16),
     ],
 )
 def test_prunekit_cost_by_hand(scheme: str, rank: int, stride: int, params: int, macs: int) -> None:
@@ -270,7 +297,7 @@ def test_errors_name_the_problem() -> None:
         decompose(model, {"block.2": ("VH", 16)})
     with pytest.raises(SurgeryError, match=r"rank 2\.0"):
         decompose(model, {"block.0": ("NC", 2.0)})
-    with pytest.raises(ConfigError, match=r"unknown low-rank scheme 'CN'; valid low-rank schemes: NC, VH"):
+    with pytest.raises(ConfigError, match=r"unknown low-rank scheme 'CN'; valid low-rank schemes: NC, ND, V"):
         decompose(model, {"block.0": ("CN", 2)})
     with pytest.raises(ConfigError, match=r"no layer named 'blok.0'.*did you mean 'block.0'"):
         decompose(model, {"blok.0": ("NC", 2)})

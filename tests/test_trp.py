@@ -260,7 +260,7 @@ def test_a_mac_budget_moves_the_threshold() -> None:
         ({"period": 0}, "period must be an integer >= 1"),
         ({"nuclear_weight": -1e-4}, "nuclear_weight must be >= 0"),
         ({"layers": "conv,"}, "empty pattern"),
-        ({"scheme": "ND"}, "must be one of 'NC', 'VH'"),
+        ({"scheme": "DN"}, "must be one of 'NC', 'VH', 'ND'"),
     ],
 )
 def test_bad_options_are_refused(options: dict, message: str) -> None:

@@ -1,6 +1,6 @@
 """Low-rank convolutions: a conv replaced by two thinner convs from the SVD of its weight (TRP §2).
 
-Two schemes, named as in TRP's release:
+Three schemes, named as in TRP's release:
 
 - ``"NC"`` (channel-wise, Zhang et al. 2016): the weight reshaped to ``(n, c·kh·kw)`` is factorised;
   ``first`` is a ``c → r`` conv with the original kernel, stride, padding and dilation, ``second`` a
@@ -8,9 +8,15 @@ Two schemes, named as in TRP's release:
 - ``"VH"`` (spatial-wise, Jaderberg et al. 2014): the weight permuted to ``(c, kh, n, kw)`` and reshaped
   to ``(c·kh, n·kw)`` is factorised; ``first`` is a vertical ``(kh × 1)`` conv, ``second`` a horizontal
   ``(1 × kw)`` conv carrying the bias. All of σ goes to the horizontal factor, as in the release.
+- ``"ND"`` (network decoupling, Guo et al. 2018; the release's extra scheme, specs/trp.md §2.3): each
+  output filter's ``(c, kh·kw)`` matrix is factorised on its own, and the common rank R is the largest any
+  filter needs. Path j of filter i is a pointwise conv (c → 1, U_i[:, j]·√σ_ij) then a depthwise kh × kw
+  conv (√σ_ij · V_iᵀ[j]) with the original stride and padding; the R paths are summed. Built as two convs:
+  ``first`` a 1×1 ``c → n·R`` conv (path j of filter i is channel i·R + j), ``second`` a ``n·R → n`` conv
+  with ``groups=n`` (group i sums filter i's paths) carrying the bias.
 
 At full rank the factorised conv equals the original to machine precision; at rank r the discarded
-Frobenius energy of the scheme's matrix is Σ_{i>r} σ_i².
+Frobenius energy of the scheme's matrix is Σ_{i>r} σ_i² (for ND, summed over the filters).
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from torch import Tensor, nn
 from prunekit.errors import ConfigError, SurgeryError, unknown_name
 from prunekit.surgery.edits import LowRankEdit, record
 
-SCHEMES: tuple[str, ...] = ("NC", "VH")
+SCHEMES: tuple[str, ...] = ("NC", "VH", "ND")
 
 _Svd = tuple[Tensor, Tensor, Tensor]
 
@@ -38,11 +44,14 @@ def _check_scheme(scheme: str) -> None:
 
 
 def to_matrix(weight: Tensor, scheme: str) -> Tensor:
-    """The matrix a scheme factorises: NC ``(n, c·kh·kw)``, VH ``(c·kh, n·kw)``."""
+    """The matrix a scheme factorises: NC ``(n, c·kh·kw)``, VH ``(c·kh, n·kw)``; ND a stack of one
+    ``(c, kh·kw)`` matrix per output filter, ``(n, c, kh·kw)``."""
     _check_scheme(scheme)
     n, c, kh, kw = weight.shape
     if scheme == "NC":
         return weight.reshape(n, c * kh * kw)
+    if scheme == "ND":
+        return weight.reshape(n, c, kh * kw)
     return weight.permute(1, 2, 0, 3).reshape(c * kh, n * kw)
 
 
@@ -50,16 +59,26 @@ def from_matrix(matrix: Tensor, scheme: str, shape: Sequence[int]) -> Tensor:
     """Inverse of `to_matrix`: the conv weight of `shape` ``(n, c, kh, kw)`` that `matrix` stands for."""
     _check_scheme(scheme)
     n, c, kh, kw = shape
-    if scheme == "NC":
+    if scheme in ("NC", "ND"):
         return matrix.reshape(n, c, kh, kw)
     return matrix.reshape(c, kh, n, kw).permute(2, 0, 1, 3).contiguous()
 
 
 def full_rank(conv: nn.Conv2d, scheme: str) -> int:
-    """The largest rank `scheme` can give `conv` (the smaller side of its matrix)."""
+    """The largest rank `scheme` can give `conv` (the smaller side of its matrix; ND: of a filter's)."""
     _check_scheme(scheme)
     n, c, kh, kw = conv.weight.shape
+    if scheme == "ND":
+        return min(c, kh * kw)
     return min(n, c * kh * kw) if scheme == "NC" else min(c * kh, n * kw)
+
+
+def common_rank(sigma: Tensor, rule: Callable[[Tensor], int]) -> int:
+    """`rule` on a conv's singular values; for ND (one row per output filter) the largest rank any filter
+    needs, which every filter's paths then share (specs/trp.md §2.3)."""
+    if sigma.dim() == 1:
+        return rule(sigma)
+    return max(rule(row) for row in sigma)
 
 
 def _by_shape(matrices: Sequence[Tensor], fn: Callable[[Tensor], Any]) -> list[Any]:
@@ -82,7 +101,7 @@ def _svd_many(matrices: Sequence[Tensor]) -> list[_Svd]:
 
 
 def singular_values(conv: nn.Conv2d, scheme: str) -> Tensor:
-    """σ of the scheme's matrix of `conv.weight`, descending, float64."""
+    """σ of the scheme's matrix of `conv.weight`, descending, float64 (ND: one row per output filter)."""
     return torch.linalg.svdvals(to_matrix(conv.weight.detach().to(torch.float64), scheme))
 
 
@@ -108,7 +127,7 @@ def rank_for_value(sigma: Tensor, threshold: float) -> int:
 
 def energy_rank(conv: nn.Conv2d, scheme: str, energy: float = 0.9) -> int:
     """The rank TRP's energy rule gives `conv` (default T = 0.9, the released training value)."""
-    return rank_for_energy(singular_values(conv, scheme), energy)
+    return common_rank(singular_values(conv, scheme), partial(rank_for_energy, energy=energy))
 
 
 def rank_plan(
@@ -133,7 +152,7 @@ def rank_plan(
     for name in names:
         _check_decomposable(_find_module(name, modules), scheme, 1, name)
     sigmas = _by_shape([to_matrix(modules[name].weight, scheme) for name in names], torch.linalg.svdvals)
-    return {name: (scheme, rule(sigma)) for name, sigma in zip(names, sigmas, strict=True)}
+    return {name: (scheme, common_rank(sigma, rule)) for name, sigma in zip(names, sigmas, strict=True)}
 
 
 def _pair(v: int | tuple[int, ...]) -> tuple[int, int]:
@@ -178,6 +197,14 @@ class LowRankConv2d(nn.Module):
                 in_channels, rank, (kh, kw), (sh, sw), padding, (dh, dw), bias=False, **factory
             )
             self.second = nn.Conv2d(rank, out_channels, 1, bias=bias, **factory)
+        elif scheme == "ND":
+            # A pointwise conv commutes with padding (it maps each position on its own, zero to zero
+            # without a bias, and reflect/circular pads copy positions), so all of it goes to `second`.
+            self.first = nn.Conv2d(in_channels, out_channels * rank, 1, bias=False, **factory)
+            self.second = nn.Conv2d(
+                out_channels * rank, out_channels, (kh, kw), (sh, sw), padding, (dh, dw), groups=out_channels,
+                bias=bias, **factory,
+            )  # fmt: skip
         else:
             # Padding splits per axis (also 'same'/'valid', and reflect/circular modes, which are
             # separable), so the vertical conv pads rows only and the horizontal conv columns only.
@@ -230,6 +257,17 @@ class LowRankConv2d(nn.Module):
     def _from_svd(cls, conv: nn.Conv2d, scheme: str, rank: int, svd: _Svd) -> LowRankConv2d:
         module = cls._shell(conv, scheme, rank)
         n, c, kh, kw = conv.weight.shape
+        if scheme == "ND":  # per filter i: u (n, c, m), s (n, m), vh (n, m, kh·kw)
+            u, s, vh = svd[0][..., :rank], svd[1][:, :rank], svd[2][:, :rank]
+            root = s.sqrt()
+            first = (u * root[:, None, :]).permute(0, 2, 1).reshape(n * rank, c, 1, 1)
+            second = (root[:, :, None] * vh).reshape(n, rank, kh, kw)
+            with torch.no_grad():
+                module.first.weight.copy_(first)
+                module.second.weight.copy_(second)
+                if conv.bias is not None:
+                    module.second.bias.copy_(conv.bias)
+            return module
         u, s, vh = svd[0][:, :rank], svd[1][:rank], svd[2][:rank]
         if scheme == "NC":
             root = s.sqrt()
@@ -254,8 +292,10 @@ class LowRankConv2d(nn.Module):
         x = inp[0] if isinstance(inp, tuple) else inp
         h_out, w_out = out.shape[-2:]
         # NC's 1×1 `second` keeps the spatial size, so `first` already produces the output size; VH's
-        # vertical `first` leaves the width untouched and strides only rows.
-        h_mid, w_mid = (h_out, w_out) if self.scheme == "NC" else (h_out, x.shape[-1])
+        # vertical `first` leaves the width untouched and strides only rows; ND's pointwise `first` runs
+        # at the input size (the depthwise `second` strides).
+        middle = {"NC": (h_out, w_out), "VH": (h_out, x.shape[-1]), "ND": tuple(x.shape[-2:])}
+        h_mid, w_mid = middle[self.scheme]
         macs = 0
         for conv, (h, w) in ((self.first, (h_mid, w_mid)), (self.second, (h_out, w_out))):
             kh, kw = conv.kernel_size
@@ -325,5 +365,7 @@ def lowrank_macs(
     h_out, w_out = out_hw
     if scheme == "NC":
         return rank * c * kh * kw * h_out * w_out + n * rank * h_out * w_out
+    if scheme == "ND":  # the pointwise factor runs at the input size, the depthwise one strides
+        return n * rank * c * in_hw[0] * in_hw[1] + n * rank * kh * kw * h_out * w_out
     # The vertical factor strides rows only, so it runs at the input width.
     return rank * c * kh * h_out * in_hw[1] + n * rank * kw * h_out * w_out

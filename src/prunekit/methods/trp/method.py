@@ -44,8 +44,12 @@ if TYPE_CHECKING:
 class TRPOptions:
     """Options of `trp` and `nuclear`. `energy`, `period` and `nuclear_weight` act while training only."""
 
-    scheme: Literal["NC", "VH"] = field(
-        default="NC", metadata={"help": "NC: channel-wise (c->r kxk, r->n 1x1); VH: spatial (kx1, 1xk)"}
+    scheme: Literal["NC", "VH", "ND"] = field(
+        default="NC",
+        metadata={
+            "help": "NC: channel-wise (c->r kxk, r->n 1x1); VH: spatial (kx1, 1xk); ND: network decoupling "
+            "(per filter: r pointwise+depthwise paths; the release ends it with rule=energy threshold=0.15)"
+        },
     )
     rule: Literal["value", "energy"] = field(
         default="value",
@@ -267,10 +271,11 @@ class TRP(Method):
         convs = self.decomposed_layers(model)
         scheme = self.options.scheme
         sigmas = _by_shape([to_matrix(m.weight, scheme) for _, m in convs], torch.linalg.svdvals)
+        # Per conv one rank; ND rates each output filter and takes the largest (its common rank).
         if self.options.rule == "value":
-            chosen = [int(value_ranks(s, self.options.threshold)) for s in sigmas]
+            chosen = [int(value_ranks(s, self.options.threshold).max()) for s in sigmas]
         else:
-            chosen = [int(energy_ranks(s, 1.0 - self.options.threshold)) for s in sigmas]
+            chosen = [int(energy_ranks(s, 1.0 - self.options.threshold).max()) for s in sigmas]
         sizes: dict[nn.Module, tuple[tuple[int, int], tuple[int, int]]] = {}
 
         def record(module: nn.Module, inp: tuple[Tensor, ...], out: Tensor) -> None:

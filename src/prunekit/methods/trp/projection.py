@@ -42,7 +42,8 @@ def value_ranks(sigma: Tensor, threshold: float) -> Tensor:
 @dataclass(frozen=True)
 class Projection:
     """One layer's truncated SVD: the rank-`rank` weight U_r Σ_r V_rᵀ and the nuclear-norm sub-gradient
-    U_r V_rᵀ, both in the conv weight's shape, dtype and device."""
+    U_r V_rᵀ, both in the conv weight's shape, dtype and device. ND truncates each output filter at its
+    own rank; `rank` is then the largest (the common rank its decomposition would take)."""
 
     weight: Tensor
     subgradient: Tensor
@@ -54,12 +55,13 @@ def project(weights: Sequence[Tensor], scheme: str, keep: float) -> list[Project
     matrices = [to_matrix(w.detach(), scheme) for w in weights]
 
     def truncate(stack: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        # Batched over layers (and, for ND, over each layer's filters): every matrix keeps its own rank.
         u, s, vh = torch.linalg.svd(stack, full_matrices=False)
         ranks = energy_ranks(s, keep)
-        kept = (torch.arange(s.shape[-1], device=s.device) < ranks[:, None]).to(s.dtype)
-        low = (u * (s * kept)[:, None, :]) @ vh
-        sub = (u * kept[:, None, :]) @ vh
-        return low, sub, ranks
+        kept = (torch.arange(s.shape[-1], device=s.device) < ranks[..., None]).to(s.dtype)
+        low = (u * (s * kept).unsqueeze(-2)) @ vh
+        sub = (u * kept.unsqueeze(-2)) @ vh
+        return low, sub, ranks.reshape(len(stack), -1).amax(-1)
 
     out = []
     for w, (low, sub, rank) in zip(weights, _by_shape(matrices, truncate), strict=True):
