@@ -38,7 +38,7 @@ def _net() -> nn.Sequential:
 # ---------------------------------------------------------------- exactness at full rank
 
 
-@pytest.mark.parametrize("scheme", ["NC", "VH"])
+@pytest.mark.parametrize("scheme", ["NC", "VH", "ND"])
 @pytest.mark.parametrize(
     "geometry",
     [
@@ -52,7 +52,7 @@ def test_full_rank_is_exact_with_stride_padding_and_dilation(scheme: str, geomet
     conv = nn.Conv2d(3, 5, bias=True, **geometry).double()
     x = torch.randn(2, 3, 11, 13, dtype=torch.float64)
     n, c, kh, kw = conv.weight.shape
-    full = min(n, c * kh * kw) if scheme == "NC" else min(c * kh, n * kw)
+    full = {"NC": min(n, c * kh * kw), "VH": min(c * kh, n * kw), "ND": min(c, kh * kw)}[scheme]
     low = LowRankConv2d.from_conv(conv, scheme, full)
     torch.testing.assert_close(low(x), conv(x), rtol=1e-10, atol=1e-10)
 
@@ -102,6 +102,41 @@ def test_nuclear_subgradient_and_projection_on_a_known_matrix() -> None:
     torch.testing.assert_close(q.subgradient[:, :, 0, 0], torch.tensor([[S2, S2], [S2, -S2]]))
     torch.testing.assert_close(q.weight[:, :, 0, 0], m)
     assert torch.linalg.matrix_norm(q.subgradient[:, :, 0, 0], ord=2).item() == pytest.approx(1.0)
+
+
+def test_nd_projection_truncates_each_filter_at_its_own_rank() -> None:
+    # Filter 0's (c, kh·kw) matrix diag(3, 1): σ² shares 0.9, 1 → rank 1 at keep 0.85, truncated to
+    # diag(3, 0). Filter 1's diag(2, 2): shares 0.5, 1 → rank 2, unchanged. The common rank is 2.
+    weight = torch.zeros(2, 2, 1, 2)
+    weight[0, 0, 0, 0], weight[0, 1, 0, 1] = 3.0, 1.0
+    weight[1, 0, 0, 0], weight[1, 1, 0, 1] = 2.0, 2.0
+    (p,) = project([weight], "ND", 0.85)
+    assert p.rank == 2
+    expected = weight.clone()
+    expected[0, 1, 0, 1] = 0.0
+    torch.testing.assert_close(p.weight, expected)
+    # the sub-gradient U_r V_rᵀ per filter: diag(1, 0) and diag(1, 1)
+    torch.testing.assert_close(
+        p.subgradient, torch.tensor([[[[1.0, 0.0]], [[0.0, 0.0]]], [[[1.0, 0.0]], [[0.0, 1.0]]]])
+    )
+
+
+def test_nd_decomposition_takes_the_largest_filter_rank_and_saves(tmp_path) -> None:
+    model = create("resnet20", shortcut="B", in_channels=1).eval()
+    x = torch.randn(4, 1, 28, 28)
+    method = create_method("trp", scheme="ND", rule="energy", threshold=0.15)  # the release's final rule
+    conv = model.get_submodule("layer2.1.conv1")
+    sigma = torch.linalg.svdvals(conv.weight.detach().double().reshape(32, 32, 9))  # per filter
+    expected = int(energy_ranks(sigma, 0.85).max())
+    small = prunekit.prune(model, x[:1], method="trp", calib=x, scheme="ND", rule="energy", threshold=0.15)
+    low = small.get_submodule("layer2.1.conv1")
+    assert isinstance(low, LowRankConv2d) and (low.scheme, low.rank) == ("ND", expected)
+    assert (low.first.out_channels, low.second.groups) == (32 * expected, 32)
+    assert method.options.scheme == "ND"
+    model_file.save(small.eval(), tmp_path / "nd.safetensors")
+    again = model_file.load(tmp_path / "nd.safetensors").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x), small(x), rtol=0, atol=0)
 
 
 def test_projection_keeps_each_weight_at_its_energy_rank() -> None:
@@ -190,7 +225,7 @@ def test_a_layer_whose_factorised_form_costs_more_is_left_dense_and_reported() -
     assert cost(pruned.model, (2, 6, 6)).macs == dense - 20736 + 20160
 
 
-@pytest.mark.parametrize("scheme", ["NC", "VH"])
+@pytest.mark.parametrize("scheme", ["NC", "VH", "ND"])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_lowrank_macs_prices_what_cost_counts(scheme: str, stride: int) -> None:
     conv = nn.Conv2d(6, 10, 3, stride=stride, padding=1, bias=False)
@@ -203,6 +238,8 @@ def test_lowrank_macs_prices_what_cost_counts(scheme: str, stride: int) -> None:
         ("NC", 2): 4 * 54 * 25 + 10 * 4 * 25,
         ("VH", 1): 4 * 18 * 81 + 10 * 4 * 3 * 81,
         ("VH", 2): 4 * 18 * 5 * 9 + 10 * 4 * 3 * 25,  # the vertical factor runs at the input width
+        ("ND", 1): 10 * 4 * 6 * 81 + 10 * 4 * 9 * 81,
+        ("ND", 2): 10 * 4 * 6 * 81 + 10 * 4 * 9 * 25,  # the pointwise factor runs at the input size
     }
     assert priced == by_hand[scheme, stride]
 
