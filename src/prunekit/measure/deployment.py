@@ -19,6 +19,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from prunekit.errors import unknown_name
+from prunekit.models.empty_layers import EMPTY_TYPES
 from prunekit.models.layers import ZeroPadShortcut
 
 DeployMode = Literal["freeze", "compile", "eager"]
@@ -28,7 +29,9 @@ DEPLOY_MODES: tuple[str, ...] = ("freeze", "compile", "eager")
 class _Tracer(torch.fx.Tracer):
     # The shortcut is kept opaque so folding never depends on how it computes its output.
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, ZeroPadShortcut) or super().is_leaf_module(m, module_qualified_name)
+        return isinstance(m, (ZeroPadShortcut, *EMPTY_TYPES)) or super().is_leaf_module(
+            m, module_qualified_name
+        )
 
 
 def _foldable_pairs(model: nn.Module) -> list[tuple[str, str]]:

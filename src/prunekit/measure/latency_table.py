@@ -251,6 +251,8 @@ class LatencyTable:
         return self._timer or time_layer
 
     def lookup(self, shape: LayerShape) -> float:
+        if shape.in_channels == 0 or shape.out_channels == 0:
+            return 0.0  # a layer of an emptied branch (`surgery.empty`): no conv runs
         key = shape.key()
         if key not in self.entries:
             self.entries[key] = float(self.timer()(shape, self.batch_size, self.threads, self.device))

@@ -268,7 +268,7 @@ class LayerGroup:
         disconnect the network: the member keeps back its best unit by `scores` (one per unit; without
         them its first) and the weakest other kept unit goes instead (without scores the last), so the
         group still loses as many units as asked and the budget's count stays right."""
-        if self.unit_of is None:
+        if self.unit_of is None or not kept_units:  # no unit kept: the group goes whole (`selection.EMPTY`)
             return dict.fromkeys(self.members, list(kept_units))
         keep = set(kept_units)
 

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from prunekit.errors import ConfigError, PrunekitError
 from prunekit.measure.latency_table import LatencyTable, LayerShape, layer_shape
 from prunekit.methods.budget import KNOB_TOLERANCE, MAX_BUDGET_RATIO, BudgetGap, BudgetResult, solve_budget
-from prunekit.methods.selection import Budget, align_ratios, pruned_count
+from prunekit.methods.selection import EMPTY, Budget, align_ratios, pruned_count
 from prunekit.models.probe import probe
 
 if TYPE_CHECKING:
@@ -465,11 +465,17 @@ def fastest_aligned(
     base = layer_shapes(model, example)
     widths = counter.widths
     groups = [g for g in counter.groups if found.ratios.get(g[0], 0.0) > 0]
+    # Ties (equal predicted time, as for the blocks of one stage) go to the group of smallest weights.
+    groups.sort(key=lambda g: _weight_magnitude(model, g))
     kept = {g: widths[g] - pruned_count(found.ratios[g[0]], widths[g], g[0]) for g in groups}
     choices = {
         g: [w for w in (kept[g] - round_to, kept[g], kept[g] + round_to) if round_to <= w <= widths[g]]
         for g in groups
     }
+    # A branch may go whole (depth: width 0) where the surgery shows another path carries the input on
+    # (`emptiable`): a narrow conv costs far more time per MAC than a wide one, a removed one nothing.
+    for g in emptiable(groups, model, example, counter):
+        choices[g].insert(0, 0)
     low = counter.dense * budget.fraction * (1 - tolerance)
     high = counter.dense * budget.fraction * (1 + tolerance)
     State = dict[tuple[str, ...], int]
@@ -478,7 +484,8 @@ def fastest_aligned(
         out = dict(found.ratios)
         for g, w in state.items():
             # (removed + 0.5) / width floors back to exactly the removed count; a whole group stays whole.
-            out.update(dict.fromkeys(g, (widths[g] - w + 0.5) / widths[g] if w < widths[g] else 0.0))
+            ratio = (widths[g] - w + 0.5) / widths[g] if w < widths[g] else 0.0
+            out.update(dict.fromkeys(g, EMPTY if w == 0 else ratio))
         return out
 
     layer_us: dict[tuple[str, int, int], float] = {}  # the search asks for the same widths many times
@@ -534,6 +541,36 @@ def fastest_aligned(
     ratios = ratios_of(state)
     macs = counter.analytic(ratios)
     return dataclasses.replace(found, reached_fraction=macs / counter.dense, pruned_macs=macs, ratios=ratios)
+
+
+def _weight_magnitude(model: nn.Module, group: tuple[str, ...]) -> float:
+    """Mean |w| over the group's layers' weights (the L1 criterion's scale, one number per group)."""
+    import torch
+
+    weights = [model.get_submodule(name).weight.detach() for name in group]
+    return float(torch.stack([w.abs().mean() for w in weights]).mean())
+
+
+def emptiable(
+    groups: list[tuple[str, ...]], model: nn.Module, example: Tensor, counter: MacCounter
+) -> list[tuple[str, ...]]:
+    """The groups whose every channel can go: the surgery cuts them (a branch whose consumers then only
+    add their bias) and the model's output still depends on its input (another path, as a residual
+    block's shortcut, carries it); the cut is checked for exactness when the plan is applied."""
+    from prunekit.errors import SurgeryError
+    from prunekit.surgery.channels import apply_with_report
+
+    out = []
+    for g in groups:
+        plan = counter.plan({g[0]: EMPTY})
+        if any(plan.get(name) for name in g):  # an uneven group keeps a unit back: not emptiable
+            continue
+        try:
+            apply_with_report(model, plan, example, check_masking=False)
+        except SurgeryError:
+            continue
+        out.append(g)
+    return out
 
 
 def confirm_latency(

@@ -365,8 +365,15 @@ def _parse_list(spec: str, pos: int, end: int) -> list[float]:
         pos += 1
 
 
+#: The ratio that removes a whole group: only the ``round_to=auto`` search sets it, for a residual branch it
+#: proved can go (`latency_budget.emptiable`); the selection language refuses ratios >= 1 before this.
+EMPTY = 1.0
+
+
 def pruned_count(ratio: float, n: int, layer: str) -> int:
-    """``int(ratio * n)``: the floor of the float product, as HRank does (0.7 * 12 -> 8)."""
+    """``int(ratio * n)``: the floor of the float product, as HRank does (0.7 * 12 -> 8); `EMPTY`: n."""
+    if ratio == EMPTY:
+        return n
     if not 0.0 <= ratio < 1.0:
         raise ConfigError(f"layer {layer!r}: pruning ratio {ratio:g} is outside [0, 1)")
     count = int(ratio * n)
@@ -403,7 +410,7 @@ def align_ratios(
     for members, n in groups:
         ratio = ratios.get(members[0], 0.0)
         removed = pruned_count(ratio, n, members[0]) if ratio > 0 else 0
-        if removed == 0:
+        if removed == 0 or ratio == EMPTY:  # an emptied branch has width 0, a multiple of anything
             continue
         kept = aligned_width(n - removed, n, round_to)
         if kept is None:

@@ -24,6 +24,7 @@ from prunekit.errors import SurgeryError
 from prunekit.measure.cost import cost
 from prunekit.models.probe import evaluating
 from prunekit.surgery.edits import ChannelEdit, record
+from prunekit.surgery.empty import is_empty, replace_emptied
 from prunekit.surgery.graph import CUSTOMIZED_PRUNERS, PRUNABLE_TYPES, ChannelGraph, graph_of
 
 ChannelPlan = Mapping[str, Sequence[int] | torch.Tensor]
@@ -87,7 +88,7 @@ def _apply(
     removals = graph.removed(atoms)
     final = {name: set(removals.get((name, "out"), removals.get((name, "io"), ()))) for name in graph.modules}
     final = {name: gone for name, gone in final.items() if gone}
-    _refuse_emptied(graph, removals, planned, removed)
+    _refuse_emptied(graph, removals, planned, removed, kept)
 
     pruned = _copy_and_cut(model, removals, graph)
     _check_widths(pruned, graph, kept, widths_before, final)
@@ -96,6 +97,8 @@ def _apply(
         check_equals_masking(model, pruned, removals, example_input, graph)
     else:
         _check_runs(pruned, graph, example_input)
+    if any(not kept[name] for name in planned):
+        _refuse_disconnected(pruned, [name for name in planned if not kept[name]], example_input)
     record(pruned, ChannelEdit(kept, tuple(example_input.shape[1:])))
     if not report:
         return pruned, None
@@ -113,6 +116,21 @@ def _apply(
         macs_before=before.macs,
         macs_after=after.macs,
     )
+
+
+def _refuse_disconnected(pruned: nn.Module, emptied: list[str], example_input: torch.Tensor) -> None:
+    """A model whose output no longer depends on its input (every path through an emptied layer) is
+    refused: emptying is for a branch beside another path, as a residual block's."""
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(example_input.shape, generator=generator).to(example_input)
+    with evaluating(pruned), torch.no_grad():
+        a, b = pruned(example_input), pruned(probe)
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b):
+        raise SurgeryError(
+            f"removing every channel of {', '.join(map(repr, emptied))} leaves the model's output "
+            "independent of its input: only a branch beside another path (a residual block) can go whole; "
+            "keep at least one channel"
+        )
 
 
 def _out_width(module: nn.Module) -> int:
@@ -182,10 +200,15 @@ def _refuse_emptied(
     removals: dict[tuple[str, str], list[int]],
     planned: list[str],
     removed: dict[str, list[int]],
+    kept_by_plan: dict[str, list[int]],
 ) -> None:
+    """A layer emptied as a side effect of the plan is refused; a plan that empties a layer itself (a
+    residual branch removed whole, `surgery.empty`) may empty it and what is coupled to it."""
     for (name, side), gone in removals.items():
         slot = graph.slot(name, side)
         if slot is not None and len(gone) >= slot.width and side in ("out", "io"):
+            if any(not kept_by_plan[p] for p in planned):
+                continue  # the plan empties a layer on purpose: checked for exactness and reach below
             cause = next((p for p in planned if removed[p]), planned[0] if planned else name)
             raise SurgeryError(
                 f"pruning {cause!r} as planned removes all {slot.width} output channels of the coupled "
@@ -209,6 +232,7 @@ def _copy_and_cut(
     memo: dict[int, object] = {}
     pruned = _copy_structure(model, memo)
     cut(pruned, removals, graph)
+    replace_emptied(pruned)
     for module in pruned.modules():
         for table in (module._parameters, module._buffers):
             for key, tensor in table.items():
@@ -420,13 +444,10 @@ def _kept_indices(
         if isinstance(spec, (str, bytes)) or not all(issubclass(t, int) for t in set(map(type, spec))):
             raise SurgeryError(f"layer {name!r}: kept channels must be a sequence of ints; got {spec!r}")
         indices = list(map(int, spec))
-    if not indices:
-        raise SurgeryError(
-            f"plan keeps 0 of the {width} output channels of layer {name!r}; keep at least one "
-            "(a layer with no channels disconnects the network)"
-        )
+    # An empty list removes the layer's every channel: allowed where another path remains (checked once the
+    # model is cut, `_refuse_disconnected`).
     indices.sort()
-    if indices[0] < 0 or indices[-1] >= width:
+    if indices and (indices[0] < 0 or indices[-1] >= width):
         bad = sorted({i for i in indices if not 0 <= i < width})
         raise SurgeryError(f"layer {name!r} has {width} output channels (0..{width - 1}); plan keeps {bad}")
     if len(set(indices)) < len(indices):
@@ -468,7 +489,7 @@ def _check_widths(
             )
     for name, module in pruned.named_modules():
         for attr in ("out_channels", "out_features", "num_features"):
-            if getattr(module, attr, None) == 0:
+            if getattr(module, attr, None) == 0 and not is_empty(module):
                 raise SurgeryError(f"layer {name!r} ended with zero channels ({attr}=0)")
 
 
