@@ -36,9 +36,12 @@ def test_select_kept_floor_and_ties() -> None:
     assert select_kept(torch.arange(5.0), 0.0) == [0, 1, 2, 3, 4]
 
 
-def test_select_kept_refuses_to_empty_a_layer() -> None:
-    with pytest.raises(ConfigError, match=r"layer 'features.3': pruning ratio 1 is outside \[0, 1\)"):
-        select_kept(torch.ones(4), 1.0, "features.3")
+def test_select_kept_empties_a_layer_only_at_exactly_one() -> None:
+    # 1.0 is `selection.EMPTY`: a residual branch the round_to=auto search removes whole (the selection
+    # language refuses ratios >= 1 from users); anything else outside [0, 1) is refused.
+    assert select_kept(torch.ones(4), 1.0, "features.3") == []
+    with pytest.raises(ConfigError, match=r"layer 'features.3': pruning ratio 1.5 is outside \[0, 1\)"):
+        select_kept(torch.ones(4), 1.5, "features.3")
     with pytest.raises(PrunekitError, match="layer 'x': channel scores are not finite"):
         select_kept(torch.tensor([1.0, math.nan]), 0.5, "x")
 

@@ -92,13 +92,14 @@ def _apply(
 
     pruned = _copy_and_cut(model, removals, graph)
     _check_widths(pruned, graph, kept, widths_before, final)
+    emptied = [name for name in planned if not kept[name]]
+    if emptied:
+        _refuse_disconnected(pruned, emptied, example_input)
     if check_masking and removals:
         # one forward of the pruned model serves both checks: that it runs, and that it equals masking
         check_equals_masking(model, pruned, removals, example_input, graph)
     else:
         _check_runs(pruned, graph, example_input)
-    if any(not kept[name] for name in planned):
-        _refuse_disconnected(pruned, [name for name in planned if not kept[name]], example_input)
     record(pruned, ChannelEdit(kept, tuple(example_input.shape[1:])))
     if not report:
         return pruned, None
@@ -123,8 +124,15 @@ def _refuse_disconnected(pruned: nn.Module, emptied: list[str], example_input: t
     refused: emptying is for a branch beside another path, as a residual block's."""
     generator = torch.Generator().manual_seed(0)
     probe = torch.randn(example_input.shape, generator=generator).to(example_input)
-    with evaluating(pruned), torch.no_grad():
-        a, b = pruned(example_input), pruned(probe)
+    try:
+        with evaluating(pruned), torch.no_grad():
+            a, b = pruned(example_input), pruned(probe)
+    except RuntimeError as exc:  # an op between the emptied layer and the next one needs channels (a pool)
+        raise SurgeryError(
+            f"removing every channel of {', '.join(map(repr, emptied))} leaves an operation with no channels "
+            f"to work on ({str(exc).splitlines()[0]}){_where(exc)}: only a branch beside another path (a "
+            "residual block) can go whole; keep at least one channel"
+        ) from None
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor) and torch.equal(a, b):
         raise SurgeryError(
             f"removing every channel of {', '.join(map(repr, emptied))} leaves the model's output "
