@@ -142,14 +142,14 @@ def low_rank(model: nn.Module, target: float, dense_macs: int, multiple: int = 1
 
 
 def aligned_l1(
-    model: nn.Module, example: torch.Tensor, round_to: str, threads: int, **budget: float
+    model: nn.Module, example: torch.Tensor, round_to: str, threads: int, batch: int, **budget: float
 ) -> Variant:
-    """prunekit's L1 with kept widths multiples of `round_to` (a number or "auto": measured at the target
-    batch and `threads`, halved to fit the model's narrowest layers), at a MAC or latency budget."""
+    """prunekit's L1 with kept widths multiples of `round_to` (a number or "auto": measured at `batch` and
+    `threads`, halved to fit the model's narrowest layers), at a MAC or latency budget stated at `batch`."""
     import prunekit
 
     small = prunekit.prune(
-        model, example, method="l1", round_to=round_to, latency_batch=TARGET_BATCH, latency_threads=threads,
+        model, example, method="l1", round_to=round_to, latency_batch=batch, latency_threads=threads,
         **budget,
     ).eval()  # fmt: skip
     widths = sorted({m.out_channels for m in small.modules() if isinstance(m, nn.Conv2d)})
@@ -190,7 +190,12 @@ def torch_pruning_l1(model: nn.Module, example: torch.Tensor, target: float, den
 
 
 def build_variants(
-    seed: int, issue14: bool = True, round_to: str = "auto", threads: int = 1, compare_round_to: str = "8"
+    seed: int,
+    issue14: bool = True,
+    round_to: str = "auto",
+    threads: int = 1,
+    compare_round_to: str = "8",
+    auto_batch: int = TARGET_BATCH,
 ) -> list[Variant]:
     torch.manual_seed(seed)
     dense = create("resnet56").eval()
@@ -206,16 +211,16 @@ def build_variants(
     if issue14:
         from prunekit.methods.alignment import resolve_round_to
 
-        measured = resolve_round_to(round_to, threads, TARGET_BATCH)
-        print(f"round_to {round_to} -> {measured} (width sweep at batch {TARGET_BATCH}, {threads} thread(s))")
+        measured = resolve_round_to(round_to, threads, auto_batch)
+        print(f"round_to {round_to} -> {measured} (width sweep at batch {auto_batch}, {threads} thread(s))")
         calib = torch.randn(2, *INPUT_SHAPE)
         plain = [r for r in compare_round_to.split(",") if r and r != round_to]
         variants += [
-            *[aligned_l1(dense, calib, r, threads, target_macs=0.5) for r in plain],
-            aligned_l1(dense, calib, round_to, threads, target_macs=0.5),
-            *[aligned_l1(dense, calib, r, threads, target_macs=0.25) for r in plain],
-            aligned_l1(dense, calib, round_to, threads, target_macs=0.25),
-            aligned_l1(dense, calib, round_to, threads, target_latency=0.5),
+            *[aligned_l1(dense, calib, r, threads, auto_batch, target_macs=0.5) for r in plain],
+            aligned_l1(dense, calib, round_to, threads, auto_batch, target_macs=0.5),
+            *[aligned_l1(dense, calib, r, threads, auto_batch, target_macs=0.25) for r in plain],
+            aligned_l1(dense, calib, round_to, threads, auto_batch, target_macs=0.25),
+            aligned_l1(dense, calib, round_to, threads, auto_batch, target_latency=0.5),
             torch_pruning_l1(dense, example, 0.5, dense_macs),
             torch_pruning_l1(dense, example, 0.25, dense_macs),
         ]
@@ -350,6 +355,12 @@ def main() -> None:
     )
     parser.add_argument("--round-to", default="auto", help="round_to of the aligned L1 models (N or auto)")
     parser.add_argument(
+        "--auto-batch",
+        type=int,
+        default=TARGET_BATCH,
+        help="batch size the round_to / latency-budget models are built for (their latency table's batch)",
+    )
+    parser.add_argument(
         "--compare-round-to",
         default="8",
         help="comma list of round_to values timed beside --round-to ('' none)",
@@ -366,7 +377,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {args.threads} thread(s), mode {args.mode}, {rounds} rounds; {load()}")
     print(f"weights are random (seed {args.seed}): latency depends on shapes only, not on values")
     variants = build_variants(
-        args.seed, not args.no_issue14, args.round_to, args.threads, args.compare_round_to
+        args.seed, not args.no_issue14, args.round_to, args.threads, args.compare_round_to, args.auto_batch
     )
     models = {v.name: v.model for v in variants}
     for v in variants:

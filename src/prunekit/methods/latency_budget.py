@@ -474,8 +474,15 @@ def fastest_aligned(
     }
     # A branch may go whole (depth: width 0) where the surgery shows another path carries the input on
     # (`emptiable`): a narrow conv costs far more time per MAC than a wide one, a removed one nothing.
-    for g in emptiable(groups, model, example, counter):
+    branches = set(emptiable(groups, model, example, counter))
+    for g in branches:
         choices[g].insert(0, 0)
+    # Putting MACs back after a branch went whole may widen a group by more than one multiple (up to its
+    # full width): the MACs of a removed block move to layers that run them faster.
+    reach = {
+        g: sorted({*choices[g], *range(round_to, widths[g] + 1, round_to)}) if branches else choices[g]
+        for g in groups
+    }
     low = counter.dense * budget.fraction * (1 - tolerance)
     high = counter.dense * budget.fraction * (1 + tolerance)
     State = dict[tuple[str, ...], int]
@@ -513,7 +520,7 @@ def fastest_aligned(
             step = round_to if macs < low else -round_to
             steps = []
             for h in groups:
-                if h != moved and state[h] + step in choices[h]:
+                if h != moved and state[h] + step in reach[h]:
                     trial = {**state, h: state[h] + step}
                     steps.append((*cost(trial), trial))
             if not steps:
