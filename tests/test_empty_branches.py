@@ -129,3 +129,37 @@ def test_auto_removes_branches_where_convs_cost_more_than_their_macs(
     small = apply(model, counter.plan(fast.ratios), x)
     assert all(type(small.get_submodule(name)) is EmptyConv2d for name in emptied)
     assert cost(small, (3, 32, 32)).macs == fast.pruned_macs
+
+
+@pytest.mark.parametrize(
+    "geometry",
+    [
+        {"kernel_size": 3, "padding": 1},
+        {"kernel_size": 3, "stride": 2, "padding": 1},
+        {"kernel_size": (3, 5), "stride": (2, 1), "padding": (2, 1), "dilation": (2, 1)},
+        {"kernel_size": 3, "padding": "same", "dilation": 2},
+        {"kernel_size": 3, "padding": "valid"},
+        {"kernel_size": 1, "stride": 2},
+    ],
+)
+def test_an_empty_conv_has_the_conv_output_size(geometry: dict) -> None:
+    x = torch.randn(2, 3, 11, 9)
+    for cin, cout in ((3, 0), (0, 4)):
+        conv = nn.Conv2d(3, max(cout, 1), **geometry)
+        expected = conv(x).shape[-2:]
+        empty = nn.Conv2d(max(cin, 1), max(cout, 1), **geometry)
+        empty.in_channels, empty.out_channels = cin, cout  # the shapes a cut leaves
+        empty.__class__ = EmptyConv2d
+        out = empty(x[:, :cin])
+        assert tuple(out.shape) == (2, cout, *expected)
+        if cout:  # no input channel: the bias everywhere
+            torch.testing.assert_close(out, empty.bias.view(1, -1, 1, 1).expand_as(out))
+
+
+def test_an_emptied_strided_branch_is_exact() -> None:
+    model, x = _resnet20(), torch.randn(2, 3, 32, 32)
+    pruned = apply(model, {"layer2.0.conv1": [], "layer3.0.conv1": []}, x)  # both stride 2: checked
+    assert type(pruned.layer2[0].conv2) is EmptyConv2d
+    # both blocks' convs, at their output sizes: 16x16 (16->32, 32->32) and 8x8 (32->64, 64->64)
+    saved = (16 * 32 + 32 * 32) * 9 * 16 * 16 + (32 * 64 + 64 * 64) * 9 * 8 * 8
+    assert cost(model, (3, 32, 32)).macs - cost(pruned, (3, 32, 32)).macs == saved

@@ -14,12 +14,20 @@ from torch import Tensor, nn
 
 
 def _out_size(conv: nn.Conv2d, x: Tensor) -> tuple[int, int]:
+    """The conv's output height and width for input `x`, by torch's formula."""
     h, w = x.shape[-2:]
-    size = []
-    for dim, k, s, p, d in zip(
-        (h, w), conv.kernel_size, conv.stride, conv.padding, conv.dilation, strict=True
-    ):  # padding is numeric: `cut` never empties a conv with padding="same"/"valid" (checked there)
-        size.append((dim + 2 * p - d * (k - 1) - 1) // s + 1)
+    geometry = zip(conv.padding, conv.dilation, conv.kernel_size, strict=True)
+    if conv.padding == "same" or (
+        conv.stride == (1, 1)
+        and not isinstance(conv.padding, str)
+        and all(2 * p == d * (k - 1) for p, d, k in geometry)
+    ):
+        return h, w  # the common case, and the fewest ops in a traced (deployed) model
+    padding = (0, 0) if conv.padding == "valid" else conv.padding
+    size = [
+        (dim + 2 * p - d * (k - 1) - 1) // s + 1
+        for dim, k, s, p, d in zip((h, w), conv.kernel_size, conv.stride, padding, conv.dilation, strict=True)
+    ]
     return size[0], size[1]
 
 
@@ -31,8 +39,10 @@ class EmptyConv2d(nn.Conv2d):
         if self.out_channels == 0:
             return x.new_zeros(x.shape[0], 0, h, w)
         bias = self.bias if self.bias is not None else x.new_zeros(self.out_channels)
+        if bias.dtype != x.dtype:
+            bias = bias.to(x.dtype)
         # A real tensor, not an expanded view: the model may write into a conv's output in place.
-        return bias.to(x.dtype).view(1, -1, 1, 1).expand(x.shape[0], -1, h, w).contiguous()
+        return bias.view(1, -1, 1, 1).expand(x.shape[0], -1, h, w).contiguous()
 
 
 class EmptyLinear(nn.Linear):
