@@ -106,7 +106,9 @@ def test_auto_removes_branches_where_convs_cost_more_than_their_macs(
     base = {name: 1.0 for group in counter.groups for name in group}
     budget = Budget("target_macs", 0.3)
     plain = meet_budget(model, x, budget, base, round_to=8)
-    fast = meet_budget(model, x, budget, base, round_to=8, fastest=True)
+    widths_only = meet_budget(model, x, budget, base, round_to=8, fastest=True)  # round_to=auto
+    assert not any(ratio == EMPTY for ratio in widths_only.ratios.values())  # depth is asked for, not implied
+    fast = meet_budget(model, x, budget, base, round_to=8, fastest=True, depth=True)  # round_to=auto+depth
     emptied = sorted(name for name, ratio in fast.ratios.items() if ratio == EMPTY)
     assert emptied and not any(ratio == EMPTY for ratio in plain.ratios.values())
     # every emptied block saves its two convs' 50 µs; the table predicts the fast answer that much faster
@@ -163,3 +165,16 @@ def test_an_emptied_strided_branch_is_exact() -> None:
     # both blocks' convs, at their output sizes: 16x16 (16->32, 32->32) and 8x8 (32->64, 64->64)
     saved = (16 * 32 + 32 * 32) * 9 * 16 * 16 + (32 * 64 + 64 * 64) * 9 * 8 * 8
     assert cost(model, (3, 32, 32)).macs - cost(pruned, (3, 32, 32)).macs == saved
+
+
+def test_auto_depth_needs_a_mac_budget() -> None:
+    from prunekit.errors import ConfigError
+    from prunekit.methods.alignment import deployment_selection, resolve_round_to
+    from prunekit.methods.selection import Selection
+
+    with pytest.raises(ConfigError, match=r"auto\+depth removes whole residual blocks.*target_macs="):
+        deployment_selection(Selection.of(target_latency=0.5), "auto+depth")
+    with pytest.raises(ConfigError, match=r"round_to=auto\+depth"):
+        deployment_selection(None, "auto+depth")
+    with pytest.raises(ConfigError, match=r"round_to must be a whole number ≥ 1, 'auto' or 'auto\+depth'"):
+        resolve_round_to("depth")

@@ -200,7 +200,7 @@ def test_cli_round_to_and_latency_flags(tmp_path, capsys) -> None:
     assert main([*bad, "--target-latency", "1.5"]) == 2
     assert "target_latency=1.5 must be in (0, 1)" in capsys.readouterr().err
     assert main([*bad, "--round-to", "0"]) == 2
-    assert "round_to must be a whole number ≥ 1 or 'auto'" in capsys.readouterr().err
+    assert "round_to must be a whole number ≥ 1, 'auto' or 'auto+depth'" in capsys.readouterr().err
 
 
 def test_low_rank_ranks_are_aligned_and_the_budget_still_met() -> None:

@@ -960,11 +960,11 @@ def build_parser(*, explain: bool = False, method: str | None = None) -> argpars
     )
     p.add_argument(
         "--round-to",
-        metavar="N|auto",
+        metavar="N|auto|auto+depth",
         help="kept widths are multiples of N (auto: the multiple this machine runs fastest, measured once "
         "and cached; with --target-macs/--speedup, auto also moves widths one multiple up or down where the "
         "latency table, at the first --latency-batches size and --threads, predicts the same budget runs "
-        "faster)",
+        "faster; auto+depth may also remove whole residual blocks there, which costs more accuracy)",
     )
     p.add_argument(
         "--calib-images",

@@ -109,22 +109,27 @@ def align_pruned(dense: nn.Module, pruned: Pruned, example: Tensor, round_to: in
     return pruned
 
 
+#: ``round_to`` values measured on this machine; ``auto+depth`` also lets a MAC budget remove whole
+#: residual blocks where that runs faster (`latency_budget.fastest_aligned`).
+AUTO_FORMS = ("auto", "auto+depth")
+
+
 def resolve_round_to(value: int | str | None, threads: int = 1, batch_size: int = 1) -> int | None:
-    """``round_to`` as the user gave it (a number, a numeric string, or ``"auto"``) as a whole number;
-    ``"auto"`` runs the cached width sweep of `measure.latency_table.preferred_round_to`."""
+    """``round_to`` as the user gave it (a number, a numeric string, ``"auto"`` or ``"auto+depth"``) as a
+    whole number; the auto forms run the cached width sweep of `measure.latency_table.preferred_round_to`."""
     if value is None:
         return None
     if isinstance(value, str):
         text = value.strip().lower()
-        if text == "auto":
+        if text in AUTO_FORMS:
             from prunekit.measure.latency_table import preferred_round_to
 
             return preferred_round_to(threads, "cpu", batch_size)
         if not text.isdigit():
-            raise ConfigError(f"round_to must be a whole number ≥ 1 or 'auto', got {value!r}")
+            raise ConfigError(f"round_to must be a whole number ≥ 1, 'auto' or 'auto+depth', got {value!r}")
         value = int(text)
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"round_to must be a whole number ≥ 1 or 'auto', got {value!r}")
+        raise ConfigError(f"round_to must be a whole number ≥ 1, 'auto' or 'auto+depth', got {value!r}")
     return value
 
 
@@ -136,9 +141,16 @@ def deployment_selection(
     ``round_to="auto"`` is stated there too: among the aligned widths that meet it, the search prefers
     those the latency table predicts fastest at that batch size and thread count."""
     r = resolve_round_to(round_to, threads, batch_size)
-    auto = isinstance(round_to, str) and round_to.strip().lower() == "auto"
+    text = round_to.strip().lower() if isinstance(round_to, str) else ""
+    auto, depth = text in AUTO_FORMS, text == "auto+depth"
+    if depth and (selection is None or selection.budget is None or selection.budget.counts != "macs"):
+        raise ConfigError(
+            "round_to=auto+depth removes whole residual blocks where a MAC budget then runs faster: give "
+            "target_macs= or speedup= (--target-macs / --speedup), or use round_to=auto"
+        )
     if r is not None:
         selection = (Selection.of(round_to=r) if selection is None else selection).with_round_to(r, auto)
+        selection = dataclasses.replace(selection, depth=depth)
     if (
         selection is not None
         and selection.budget is not None

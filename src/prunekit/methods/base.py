@@ -536,7 +536,10 @@ def layer_ratios(
     else:
         # A measured (auto) round_to also picks, among the aligned widths that meet the budget, fast ones.
         fastest = selection.round_to_auto
-        result = meet_budget(model, example, selection.budget, ratios, round_to=round_to, fastest=fastest)
+        depth = selection.depth
+        result = meet_budget(
+            model, example, selection.budget, ratios, round_to=round_to, fastest=fastest, depth=depth
+        )
     return result.ratios, result
 
 

@@ -303,13 +303,14 @@ def meet_budget(
     base: dict[str, float],
     round_to: int | None = None,
     fastest: bool = False,
+    depth: bool = False,
 ) -> BudgetResult:
     """Scale `base` ratios to meet `budget`, searching on the analytic count and confirming on the really
     pruned model; should the two ever disagree, the search is redone on real surgery. With `round_to` the
     search runs over aligned widths only (`align_ratios`) and accepts KNOB_TOLERANCE: aligned steps are
     coarse. `fastest` (``round_to=auto``): among the aligned widths near that answer that also meet the
     budget, the ones the latency table predicts fastest at the budget's batch size and threads
-    (`latency_budget.fastest_aligned`)."""
+    (`latency_budget.fastest_aligned`); with `depth`, residual branches may also go whole."""
     if not any(ratio > 0 for ratio in base.values()):
         from prunekit.methods.base import no_prunable_layer, prunable_groups  # base imports this module
 
@@ -350,7 +351,9 @@ def meet_budget(
         if fastest and round_to is not None:
             from prunekit.methods.latency_budget import fastest_aligned
 
-            faster = fastest_aligned(model, example, counter, budget, result, round_to, tolerance)
+            faster = fastest_aligned(
+                model, example, counter, budget, result, round_to, tolerance, depth=depth
+            )
             if counter.real(faster.ratios) == faster.pruned_macs:
                 return faster
         return result

@@ -451,6 +451,7 @@ def fastest_aligned(
     round_to: int,
     tolerance: float = LATENCY_TOLERANCE,
     table: LatencyTable | None = None,
+    depth: bool = False,
 ) -> BudgetResult:
     """``round_to=auto`` at a MAC budget: among aligned widths near `found` (each pruned group's kept width
     one multiple of `round_to` narrower than found, the same, or one wider) whose MACs stay within
@@ -472,9 +473,10 @@ def fastest_aligned(
         g: [w for w in (kept[g] - round_to, kept[g], kept[g] + round_to) if round_to <= w <= widths[g]]
         for g in groups
     }
-    # A branch may go whole (depth: width 0) where the surgery shows another path carries the input on
-    # (`emptiable`): a narrow conv costs far more time per MAC than a wide one, a removed one nothing.
-    branches = set(emptiable(groups, model, example, counter))
+    # With `depth` (``round_to=auto+depth``) a branch may go whole (width 0) where the surgery shows another
+    # path carries the input on (`emptiable`): a narrow conv costs far more time per MAC than a wide one, a
+    # removed one nothing.
+    branches = set(emptiable(groups, model, example, counter)) if depth else set()
     for g in branches:
         choices[g].insert(0, 0)
     # Putting MACs back after a branch went whole may widen a group by more than one multiple (up to its

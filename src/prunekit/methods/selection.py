@@ -77,6 +77,8 @@ class Selection:
     round_to: int | None = None
     #: `round_to` was measured (``--round-to auto``): it may be halved to fit a model's narrowest layers.
     round_to_auto: bool = False
+    #: ``round_to=auto+depth``: a MAC budget may remove whole residual blocks where that runs faster.
+    depth: bool = False
 
     @property
     def only_round_to(self) -> bool:
