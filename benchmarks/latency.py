@@ -220,7 +220,8 @@ def build_variants(
             aligned_l1(dense, calib, round_to, threads, auto_batch, target_macs=0.5),
             *[aligned_l1(dense, calib, r, threads, auto_batch, target_macs=0.25) for r in plain],
             aligned_l1(dense, calib, round_to, threads, auto_batch, target_macs=0.25),
-            aligned_l1(dense, calib, round_to, threads, auto_batch, target_latency=0.5),
+            # depth is for MAC budgets: the latency budget takes auto's widths
+            aligned_l1(dense, calib, round_to.replace("+depth", ""), threads, auto_batch, target_latency=0.5),
             torch_pruning_l1(dense, example, 0.5, dense_macs),
             torch_pruning_l1(dense, example, 0.25, dense_macs),
         ]
