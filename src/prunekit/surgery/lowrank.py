@@ -262,18 +262,13 @@ class LowRankConv2d(nn.Module):
             root = s.sqrt()
             first = (u * root[:, None, :]).permute(0, 2, 1).reshape(n * rank, c, 1, 1)
             second = (root[:, :, None] * vh).reshape(n, rank, kh, kw)
-            with torch.no_grad():
-                module.first.weight.copy_(first)
-                module.second.weight.copy_(second)
-                if conv.bias is not None:
-                    module.second.bias.copy_(conv.bias)
-            return module
-        u, s, vh = svd[0][:, :rank], svd[1][:rank], svd[2][:rank]
-        if scheme == "NC":
+        elif scheme == "NC":
+            u, s, vh = svd[0][:, :rank], svd[1][:rank], svd[2][:rank]
             root = s.sqrt()
             first = (root[:, None] * vh).reshape(rank, c, kh, kw)
             second = (u * root).reshape(n, rank, 1, 1)
         else:
+            u, s, vh = svd[0][:, :rank], svd[1][:rank], svd[2][:rank]
             first = u.T.reshape(rank, c, kh, 1)  # [j, ci, y, 0] = U[(ci, y), j]
             second = (s[:, None] * vh).reshape(rank, n, kw).permute(1, 0, 2).unsqueeze(2)
         with torch.no_grad():
