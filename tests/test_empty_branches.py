@@ -178,3 +178,12 @@ def test_auto_depth_needs_a_mac_budget() -> None:
         deployment_selection(None, "auto+depth")
     with pytest.raises(ConfigError, match=r"round_to must be a whole number ≥ 1, 'auto' or 'auto\+depth'"):
         resolve_round_to("depth")
+
+
+def test_a_depth_pruned_model_is_not_pruned_again() -> None:
+    from prunekit.methods import create_method
+
+    model, x = _resnet20(), torch.randn(2, 3, 32, 32)
+    pruned = apply(model, {"layer1.1.conv1": []}, x)
+    with pytest.raises(SurgeryError, match=r"residual branches removed whole \(layer1.1.conv1, .*prune the orig"):
+        create_method("l1", rates="0.3").plan(pruned, x)

@@ -57,6 +57,7 @@ from torch_pruning.dependency.index_mapping import _FlattenIndexMapping as Flatt
 
 from prunekit.errors import PrunekitError, SurgeryError
 from prunekit.measure.cost import Cost, cost
+from prunekit.models.empty_layers import EMPTY_TYPES
 from prunekit.models.layers import ZeroPadShortcut
 from prunekit.models.probe import evaluating
 
@@ -519,6 +520,13 @@ def _signature(model: nn.Module, example_input: torch.Tensor) -> tuple:
 def graph_of(model: nn.Module, example_input: torch.Tensor) -> ChannelGraph:
     """The channel graph of `model` on inputs shaped like `example_input`, traced at most once per model
     object and shape signature (see the module docstring)."""
+    emptied = [name for name, m in model.named_modules() if isinstance(m, EMPTY_TYPES)]
+    if emptied:
+        raise SurgeryError(
+            f"this model has residual branches removed whole ({', '.join(emptied[:4])}"
+            f"{', ...' if len(emptied) > 4 else ''}); pruning it again is not supported: prune the original "
+            "model once, with the whole budget"
+        )
     key = _signature(model, example_input)
     hit = _CACHE.get(model)
     if hit is not None and hit[0] == key:
