@@ -185,5 +185,5 @@ def test_a_depth_pruned_model_is_not_pruned_again() -> None:
 
     model, x = _resnet20(), torch.randn(2, 3, 32, 32)
     pruned = apply(model, {"layer1.1.conv1": []}, x)
-    with pytest.raises(SurgeryError, match=r"residual branches removed whole \(layer1.1.conv1, .*prune the orig"):
+    with pytest.raises(SurgeryError, match=r"branches removed whole \(layer1.1.conv1, .*prune the orig"):
         create_method("l1", rates="0.3").plan(pruned, x)
