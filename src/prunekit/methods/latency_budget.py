@@ -461,7 +461,9 @@ def fastest_aligned(
     per MAC it puts back or saves the most per MAC it takes) until they are back in the band; the move that
     saves the most predicted time is taken while it saves at least FASTEST_MIN_GAIN. A blocked kernel may
     run 48 channels as fast as 40 and 56 much slower, so moving MACs between layers buys latency at the
-    same budget. Which channels go is still the criterion's choice; only the widths move."""
+    same budget. Which channels go is still the criterion's choice; only the widths move. With `depth`
+    (``round_to=auto+depth``) every residual branch the surgery can remove whole also has width 0 among its
+    choices, and the repair may then widen a group up to its full width (docs/architecture.md, "Depth")."""
     table = table or table_for(budget)
     base = layer_shapes(model, example)
     widths = counter.widths

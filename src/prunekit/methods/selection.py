@@ -367,8 +367,8 @@ def _parse_list(spec: str, pos: int, end: int) -> list[float]:
         pos += 1
 
 
-#: The ratio that removes a whole group: only the ``round_to=auto`` search sets it, for a residual branch it
-#: proved can go (`latency_budget.emptiable`); the selection language refuses ratios >= 1 before this.
+#: The ratio that removes a whole group: only the ``round_to=auto+depth`` search sets it, for a residual
+#: branch it proved can go (`latency_budget.emptiable`); the selection language refuses ratios >= 1.
 EMPTY = 1.0
 
 
