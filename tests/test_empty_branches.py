@@ -5,6 +5,7 @@ latency table says narrow convs cost more time than their MACs."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pytest
 import torch
@@ -187,3 +188,24 @@ def test_a_depth_pruned_model_is_not_pruned_again() -> None:
     pruned = apply(model, {"layer1.1.conv1": []}, x)
     with pytest.raises(SurgeryError, match=r"branches removed whole \(layer1.1.conv1, .*prune the orig"):
         create_method("l1", rates="0.3").plan(pruned, x)
+
+
+def test_auto_depth_is_refused_by_methods_whose_budget_cannot_remove_blocks(tmp_path, capsys) -> None:
+    from prunekit.cli import main
+    from prunekit.errors import ConfigError
+    from prunekit.methods import create_method
+    from prunekit.methods.selection import Selection
+
+    depth = Selection.of(target_macs=0.25)
+    depth = dataclasses.replace(depth.with_round_to(8, auto=True), depth=True)
+    for name in ("l1", "fpgm", "random"):  # their budget search is the one that removes blocks
+        assert create_method(name, depth).selection.depth
+    for name in ("hrank", "tpp", "slimming", "trp", "redundancy_graph", "tp-magnitude"):
+        with pytest.raises(ConfigError, match=rf"'{name}' does not remove whole residual blocks.*fpgm, l1"):
+            create_method(name, depth)
+    model_file.save(create("lenet5").eval(), tmp_path / "d.safetensors")
+    argv = ["prune", str(tmp_path / "d.safetensors"), "--method", "hrank", "--target-macs", "0.5"]
+    argv += ["--round-to", "auto+depth", "--data", "synthetic", "--data-option", "shape=1x28x28", "--out"]
+    assert main([*argv, str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "'hrank' does not remove whole residual blocks" in err and len(err.strip().splitlines()) == 1

@@ -89,10 +89,19 @@ class Method:
     schedule: ClassVar[Schedule] = Schedule()
     #: The short schedule of `prunekit demo` (LeNet-5, a few epochs), or None to leave the method out.
     demo: ClassVar[Schedule | None] = None
+    #: Whether a MAC budget with ``round_to=auto+depth`` may remove whole residual blocks: only where the
+    #: allocation is `ScoringMethod`'s budget search (`latency_budget.fastest_aligned`).
+    supports_depth: ClassVar[bool] = False
 
     def __init__(self, options: Any = None, selection: Selection | None = None) -> None:
         self.options = self.Options() if options is None else options
         self.selection = self.resolve_selection(selection)
+        if self.selection is not None and self.selection.depth and not self.supports_depth:
+            able = ", ".join(n for n in list_methods() if _METHODS[n].supports_depth)
+            raise ConfigError(
+                f"method {self.name!r} does not remove whole residual blocks: round_to=auto+depth works "
+                f"with {able}; use round_to=auto"
+            )
 
     # ------------------------------------------------------------ configuration
 
@@ -453,6 +462,7 @@ class ScoringMethod(Method):
     options: ScoringOptions
     knob = "ratio_scale"
     demo = Schedule(finetune_epochs=3)
+    supports_depth = True
 
     def __init__(self, options: Any = None, selection: Selection | None = None) -> None:
         super().__init__(options, selection)

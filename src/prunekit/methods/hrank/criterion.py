@@ -458,6 +458,8 @@ class HRank(ScoringMethod):
     (`schedule`), after which the channels that are truly dead are removed.
     """
 
+    supports_depth = False  # its budget scales HRank's own rate entries (`layer_ratios`)
+
     name = "hrank"
     Options = HRankOptions
     options: HRankOptions

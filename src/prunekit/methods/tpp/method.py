@@ -196,6 +196,7 @@ class RegularisedPruning(ScoringMethod):
     """Shared machinery: selection, picks, the λ clock, the removal. Subclasses give the penalty."""
 
     options: RegOptions
+    supports_depth = False  # the picks are made before the regulariser trains; none may empty a branch
     #: ``min(⌈PR·N⌉, ⌊cap·N⌋)``; None: GReg's N − 1.
     cap: ClassVar[float | None] = None
     #: TPP's released λ (Δ·t/K_u, ends at ≥ τ) rather than GReg's increments (ends at > τ).
