@@ -231,6 +231,10 @@ def main() -> None:
         table = LatencyTable(batch, args.threads)
         search = Search(table, blocks, args.multiple)
         per_residual = search.best_per_macs()
+        for cin, cout in ((8, 8), (8, 64), (64, 64)):  # why narrow layers do not pay (the table's numbers)
+            macs, us = search.cost(conv(cin, cout, 1, 8))
+            rate = macs * batch / us / 1e3
+            print(f"  table: 3x3 conv {cin}->{cout} at 8x8: {us:.1f} µs, {rate:.1f} GMAC/s")
 
         def predicted(alloc: Allocation, search: Search = search) -> tuple[int, float]:
             """(MACs, table µs) of an allocation."""
